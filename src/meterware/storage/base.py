@@ -1,0 +1,269 @@
+"""The storage contract that every backend implements.
+
+A store keeps accounts, keys (by the hash of their secret, never the secret), quota
+counters, and the usage ledger (daily rollups per key and action, lifetime totals per key).
+
+Counters are what makes quotas exact. `reserve` is the one atomic operation they need:
+take up to `want` units without ever passing `limit`, and say how many were granted. The
+middleware reserves small blocks ahead and hands them out without I/O (`meterware.limits`).
+"""
+
+from __future__ import annotations
+
+import abc
+import functools
+import inspect
+import re
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, ClassVar, TypeVar
+
+from meterware.errors import StorageError
+from meterware.keys import ApiKey
+
+_F = TypeVar("_F", bound=Callable[..., Coroutine[Any, Any, Any]])
+
+__all__ = ["KeyActivity", "KeyTotals", "Rollup", "Storage", "UsageBatch", "UsageRow"]
+
+SCHEMA_VERSION = 1
+
+UPDATABLE_KEY_FIELDS = frozenset({
+    "name", "tier", "permission", "website_id", "expires_at", "revoked_at",
+    "per_minute", "monthly_limit", "monthly_credits", "billing_anchor_day",
+})  # fmt: skip
+"""The `ApiKey` fields `update_key` may change; any other name is a `ValueError`."""
+
+
+@dataclass(frozen=True)
+class Rollup:
+    """Calls and credits charged to one key for one action on one UTC day (`YYYY-MM-DD`).
+
+    `key_id` is `""` when the caller was an account rather than a key.
+    """
+
+    account_id: str
+    key_id: str
+    action: str
+    day: str
+    calls: int
+    credits: int
+
+
+@dataclass(frozen=True)
+class KeyActivity:
+    """Requests admitted for a key since the last flush, and the last one's time."""
+
+    key_id: str
+    requests: int
+    last_used_at: float
+
+
+@dataclass
+class UsageBatch:
+    """What one flush writes, in one transaction."""
+
+    rollups: Sequence[Rollup] = ()
+    activity: Sequence[KeyActivity] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.rollups or self.activity or self.labels)
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One line of a usage query: an action's calls and credits on a day."""
+
+    day: str
+    action: str
+    calls: int
+    credits: int
+
+
+@dataclass(frozen=True)
+class KeyTotals:
+    """A key's lifetime numbers."""
+
+    requests: int = 0
+    calls: int = 0
+    credits: int = 0
+    last_used_at: float | None = None
+
+
+class Storage(abc.ABC):
+    """Base class of every backend. Use it as `async with store:` or `open()`/`close()`."""
+
+    schemes: ClassVar[tuple[str, ...]] = ()
+    """The URL schemes this backend serves, e.g. `("sqlite",)`."""
+
+    driver_errors: ClassVar[tuple[type[Exception], ...]] = ()
+    """The driver's exceptions; the public methods re-raise them as `StorageError`."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.driver_errors:
+            for name, member in list(vars(cls).items()):
+                if not name.startswith("_") and inspect.iscoroutinefunction(member):
+                    setattr(cls, name, _wrap_errors(member, cls.driver_errors))
+
+    def __init__(self, url: str = "", **options: Any) -> None:
+        self.url = url
+        self.options = options
+        self._opened = False
+
+    @property
+    def opened(self) -> bool:
+        return self._opened
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({redact(self.url)!r})"
+
+    async def __aenter__(self) -> Storage:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, create or migrate the schema; calling it again does nothing."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; calling it again does nothing."""
+
+    @abc.abstractmethod
+    async def schema_version(self) -> int:
+        """The schema version recorded in the store."""
+
+    # -- accounts and keys -----------------------------------------------------------
+
+    @abc.abstractmethod
+    async def ensure_account(self, account_id: str, now: float) -> bool:
+        """Create the account unless it exists; whether it was created."""
+
+    @abc.abstractmethod
+    async def list_accounts(self) -> list[str]:
+        """Every account id, sorted."""
+
+    @abc.abstractmethod
+    async def create_key(self, key: ApiKey, secret_hash: str) -> None:
+        """Store a new key (its account must exist) under the hash of its secret."""
+
+    @abc.abstractmethod
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        """The key with this id, revoked and expired ones included."""
+
+    @abc.abstractmethod
+    async def find_key(self, secret_hash: str, now: float) -> ApiKey | None:
+        """The key whose current (or still-in-grace) secret has this hash."""
+
+    @abc.abstractmethod
+    async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
+        """Keys, of one account or all, ordered by creation."""
+
+    @abc.abstractmethod
+    async def update_key(self, key_id: str, **changes: Any) -> ApiKey | None:
+        """Change a key's stored fields (tier, overrides, revoked_at, ...); the new key.
+
+        `None` if there is no such key; `ValueError` for a field outside
+        `UPDATABLE_KEY_FIELDS`.
+        """
+
+    @abc.abstractmethod
+    async def add_secret(self, key_id: str, secret_hash: str, *, retire_old_at: float) -> None:
+        """Add a secret to a key; its other secrets stop working at `retire_old_at`."""
+
+    @abc.abstractmethod
+    async def key_changes(self, since: int) -> tuple[int, list[str]]:
+        """Ids of keys changed (created, revoked, rotated, updated) after cursor `since`,
+        and the cursor to ask with next time. `since=0` returns no ids, only the cursor."""
+
+    @abc.abstractmethod
+    async def key_tiers(self) -> set[str]:
+        """The distinct tier names keys are stored with."""
+
+    # -- counters --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def reserve(self, subject: str, period: str, want: int, limit: int) -> tuple[int, int]:
+        """Atomically add `min(want, limit - count)` (at least 0) to a counter.
+
+        Returns `(granted, count)` with the counter's value after the change. Two callers
+        racing for the last units never get more than `limit` between them.
+        """
+
+    @abc.abstractmethod
+    async def release(self, subject: str, period: str, amount: int) -> None:
+        """Give back units reserved and not used (the count never goes below 0)."""
+
+    @abc.abstractmethod
+    async def add(self, subject: str, period: str, amount: int) -> int:
+        """Add to a counter with no limit; the new count."""
+
+    @abc.abstractmethod
+    async def counter(self, subject: str, period: str) -> int:
+        """A counter's value (0 if it was never touched)."""
+
+    # -- usage ledger ----------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def record(self, batch: UsageBatch) -> None:
+        """Write a flush's rollups, key activity and labels in one transaction."""
+
+    @abc.abstractmethod
+    async def usage(
+        self, *, account_id: str, key_id: str | None, first_day: str, last_day: str
+    ) -> list[UsageRow]:
+        """Daily rollups between two days inclusive, of one key or (key_id None) an account."""
+
+    @abc.abstractmethod
+    async def key_totals(self, key_id: str) -> KeyTotals:
+        """A key's lifetime requests, calls, credits and last use."""
+
+    @abc.abstractmethod
+    async def labels(self) -> dict[str, str]:
+        """The display label last recorded for each action."""
+
+
+def _wrap_errors(method: _F, errors: tuple[type[Exception], ...]) -> _F:
+    @functools.wraps(method)
+    async def wrapper(self: Storage, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(self, *args, **kwargs)
+        except errors as exc:
+            raise wrap_error(self, exc) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def wrap_error(store: Storage, exc: BaseException) -> StorageError:
+    """A `StorageError` (or `StorageUnavailable`) for a driver's exception."""
+    return StorageError(f"{store!r}: {type(exc).__name__}: {exc}")
+
+
+_SECRET_PARAM = re.compile(r"(?i)([?&](?:password|passwd|pwd)=)[^&#]*")
+
+
+def redact(url: str) -> str:
+    """The URL with any password (userinfo or `?password=`) replaced by `***`."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    main, q, query = rest.partition("?")
+    if "@" in main:
+        userinfo, _, host = main.rpartition("@")
+        user, colon, _ = userinfo.partition(":")
+        main = f"{user}{':***' if colon else ''}@{host}"
+    if q:
+        query = _SECRET_PARAM.sub(r"\1***", q + query)[1:]
+    return f"{scheme}://{main}{q}{query}"

@@ -1,0 +1,170 @@
+"""An in-process store: for tests, benchmarks and single-process services that may
+forget everything on restart."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from meterware.errors import StorageError
+from meterware.keys import ApiKey
+from meterware.storage.base import (
+    SCHEMA_VERSION,
+    UPDATABLE_KEY_FIELDS,
+    KeyTotals,
+    Storage,
+    UsageBatch,
+    UsageRow,
+)
+
+__all__ = ["MemoryStorage"]
+
+
+class MemoryStorage(Storage):
+    """`memory://`: everything in dicts, lost when the process ends."""
+
+    schemes = ("memory",)
+
+    def __init__(self, url: str = "memory://", **options: Any) -> None:
+        super().__init__(url, **options)
+        self._accounts: dict[str, float] = {}
+        self._keys: dict[str, ApiKey] = {}
+        self._versions: dict[str, int] = {}
+        self._seq = 0
+        self._secrets: dict[str, tuple[str, float | None]] = {}
+        self._counters: dict[tuple[str, str], int] = {}
+        self._daily: dict[tuple[str, str, str, str], list[int]] = {}
+        self._totals: dict[str, KeyTotals] = {}
+        self._labels: dict[str, str] = {}
+
+    async def open(self) -> None:
+        self._opened = True
+
+    async def close(self) -> None:
+        self._opened = False
+
+    async def schema_version(self) -> int:
+        return SCHEMA_VERSION
+
+    async def ensure_account(self, account_id: str, now: float) -> bool:
+        if account_id in self._accounts:
+            return False
+        self._accounts[account_id] = now
+        return True
+
+    async def list_accounts(self) -> list[str]:
+        return sorted(self._accounts)
+
+    def _bump(self, key_id: str) -> None:
+        self._seq += 1
+        self._versions[key_id] = self._seq
+
+    async def create_key(self, key: ApiKey, secret_hash: str) -> None:
+        # StorageError, as the SQL backends raise for the same constraint violations.
+        if key.account_id not in self._accounts:
+            raise StorageError(f"{self!r}: no account {key.account_id!r}")
+        if key.id in self._keys or secret_hash in self._secrets:
+            raise StorageError(f"{self!r}: key {key.id!r} or its secret exists")
+        self._keys[key.id] = key
+        self._secrets[secret_hash] = (key.id, None)
+        self._bump(key.id)
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        key = self._keys.get(key_id)
+        if key is None:
+            return None
+        totals = self._totals.get(key_id)
+        return key if totals is None else key.with_changes(last_used_at=totals.last_used_at)
+
+    async def find_key(self, secret_hash: str, now: float) -> ApiKey | None:
+        found = self._secrets.get(secret_hash)
+        if found is None or (found[1] is not None and found[1] <= now):
+            return None
+        return await self.get_key(found[0])
+
+    async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
+        keys = [await self.get_key(k) for k in self._keys]
+        return [k for k in keys if k and (account_id is None or k.account_id == account_id)]
+
+    async def update_key(self, key_id: str, **changes: Any) -> ApiKey | None:
+        unknown = set(changes) - UPDATABLE_KEY_FIELDS
+        if unknown:
+            raise ValueError(f"cannot update {sorted(unknown)}")
+        key = self._keys.get(key_id)
+        if key is None:
+            return None
+        self._keys[key_id] = dataclasses.replace(key, **changes)
+        self._bump(key_id)
+        return await self.get_key(key_id)
+
+    async def add_secret(self, key_id: str, secret_hash: str, *, retire_old_at: float) -> None:
+        for hash_, (owner, expires) in list(self._secrets.items()):
+            if owner == key_id:
+                at = retire_old_at if expires is None else min(expires, retire_old_at)
+                self._secrets[hash_] = (owner, at)
+        self._secrets[secret_hash] = (key_id, None)
+        self._bump(key_id)
+
+    async def key_changes(self, since: int) -> tuple[int, list[str]]:
+        if since <= 0:
+            return self._seq, []
+        return self._seq, [k for k, v in self._versions.items() if v > since]
+
+    async def key_tiers(self) -> set[str]:
+        return {key.tier for key in self._keys.values()}
+
+    async def reserve(self, subject: str, period: str, want: int, limit: int) -> tuple[int, int]:
+        count = self._counters.get((subject, period), 0)
+        granted = min(want, max(0, limit - count))
+        self._counters[(subject, period)] = count + granted
+        return granted, count + granted
+
+    async def release(self, subject: str, period: str, amount: int) -> None:
+        count = self._counters.get((subject, period), 0)
+        self._counters[(subject, period)] = max(0, count - amount)
+
+    async def add(self, subject: str, period: str, amount: int) -> int:
+        count = self._counters.get((subject, period), 0) + amount
+        self._counters[(subject, period)] = count
+        return count
+
+    async def counter(self, subject: str, period: str) -> int:
+        return self._counters.get((subject, period), 0)
+
+    async def record(self, batch: UsageBatch) -> None:
+        for r in batch.rollups:
+            # Keyed by account too: account-level rollups (key_id "") of two accounts
+            # must not share a row.
+            row = self._daily.setdefault((r.account_id, r.key_id, r.action, r.day), [0, 0])
+            row[0] += r.calls
+            row[1] += r.credits
+            if r.key_id:
+                t = self._totals.get(r.key_id, KeyTotals())
+                self._totals[r.key_id] = dataclasses.replace(
+                    t, calls=t.calls + r.calls, credits=t.credits + r.credits
+                )
+        for a in batch.activity:
+            t = self._totals.get(a.key_id, KeyTotals())
+            last = a.last_used_at if t.last_used_at is None else max(t.last_used_at, a.last_used_at)
+            self._totals[a.key_id] = dataclasses.replace(
+                t, requests=t.requests + a.requests, last_used_at=last
+            )
+        self._labels.update(batch.labels)
+
+    async def usage(
+        self, *, account_id: str, key_id: str | None, first_day: str, last_day: str
+    ) -> list[UsageRow]:
+        sums: dict[tuple[str, str], list[int]] = {}
+        for (aid, kid, action, day), row in self._daily.items():
+            if aid == account_id and (key_id is None or kid == key_id):
+                if first_day <= day <= last_day:
+                    total = sums.setdefault((day, action), [0, 0])
+                    total[0] += row[0]
+                    total[1] += row[1]
+        return [UsageRow(d, a, c, cr) for (d, a), (c, cr) in sorted(sums.items())]
+
+    async def key_totals(self, key_id: str) -> KeyTotals:
+        return self._totals.get(key_id, KeyTotals())
+
+    async def labels(self) -> dict[str, str]:
+        return dict(self._labels)

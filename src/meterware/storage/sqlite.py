@@ -1,0 +1,420 @@
+"""The embedded default: one SQLite file, WAL mode, one long-lived aiosqlite connection.
+
+Writes that must be atomic across processes sharing the file (`reserve`, `record`) are
+single statements or `BEGIN IMMEDIATE` transactions; `busy_timeout` makes a second process
+wait for the lock instead of failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import warnings
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from meterware.errors import ConfigurationError, StorageError
+from meterware.keys import ApiKey
+from meterware.storage.base import (
+    SCHEMA_VERSION,
+    UPDATABLE_KEY_FIELDS,
+    KeyTotals,
+    Storage,
+    UsageBatch,
+    UsageRow,
+)
+
+__all__ = ["SQLiteStorage"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS keys (
+    id TEXT PRIMARY KEY,
+    account_id TEXT NOT NULL REFERENCES accounts(id),
+    name TEXT NOT NULL,
+    tier TEXT NOT NULL,
+    permission TEXT NOT NULL,
+    website_id TEXT,
+    created_at REAL NOT NULL,
+    expires_at REAL,
+    revoked_at REAL,
+    per_minute INTEGER,
+    monthly_limit INTEGER,
+    monthly_credits INTEGER,
+    billing_anchor_day INTEGER,
+    last_used_at REAL,
+    total_requests INTEGER NOT NULL DEFAULT 0,
+    total_calls INTEGER NOT NULL DEFAULT 0,
+    total_credits INTEGER NOT NULL DEFAULT 0,
+    version INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_by_account ON keys(account_id, created_at);
+CREATE INDEX IF NOT EXISTS keys_by_version ON keys(version);
+CREATE TABLE IF NOT EXISTS key_secrets (
+    hash TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL REFERENCES keys(id),
+    expires_at REAL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS key_secrets_by_key ON key_secrets(key_id);
+CREATE TABLE IF NOT EXISTS counters (
+    subject TEXT NOT NULL,
+    period TEXT NOT NULL,
+    count INTEGER NOT NULL,
+    granted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (subject, period)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS usage_daily (
+    account_id TEXT NOT NULL,
+    key_id TEXT NOT NULL,
+    day TEXT NOT NULL,
+    action TEXT NOT NULL,
+    calls INTEGER NOT NULL,
+    credits INTEGER NOT NULL,
+    PRIMARY KEY (account_id, key_id, day, action)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS usage_by_account ON usage_daily(account_id, day);
+CREATE TABLE IF NOT EXISTS actions (action TEXT PRIMARY KEY, label TEXT NOT NULL);
+INSERT OR IGNORE INTO meta (name, value) VALUES ('key_seq', 0);
+"""
+
+_KEY_FIELDS = (
+    "id, account_id, name, tier, permission, website_id, created_at, last_used_at, "
+    "expires_at, revoked_at, per_minute, monthly_limit, monthly_credits, billing_anchor_day"
+)
+
+
+def _key(row: sqlite3.Row | tuple[Any, ...]) -> ApiKey:
+    return ApiKey(*row)
+
+
+def path_from_url(url: str) -> str:
+    """`sqlite:///rel.db` -> `rel.db`, `sqlite:////abs.db` -> `/abs.db`, `sqlite://:memory:`."""
+    if not url.startswith("sqlite://"):
+        raise ConfigurationError(f"not a sqlite URL: {url!r}")
+    rest = url[len("sqlite://") :]
+    if rest in (":memory:", "/:memory:"):
+        return ":memory:"
+    if not rest.startswith("/") or rest == "/":
+        raise ConfigurationError(
+            f"bad sqlite URL {url!r}: use sqlite:///relative.db or sqlite:////absolute.db"
+        )
+    return rest[1:]
+
+
+class SQLiteStorage(Storage):
+    """`sqlite:///relative/path.db` or `sqlite:////absolute/path.db`."""
+
+    schemes = ("sqlite",)
+    driver_errors = (sqlite3.Error,)
+
+    def __init__(self, url: str = "sqlite:///meterware.db", **options: Any) -> None:
+        super().__init__(url, **options)
+        self.path = path_from_url(url)
+        self._db: aiosqlite.Connection | None = None
+        self._write = asyncio.Lock()
+
+    def __del__(self) -> None:
+        if self._db is not None:
+            warnings.warn(
+                f"{self!r} was never closed: call `await store.close()` or use `async with`",
+                ResourceWarning,
+                stacklevel=1,
+            )
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StorageError(f"{self!r} is not open: call `await store.open()` first")
+        return self._db
+
+    async def open(self) -> None:
+        if self._db is not None:
+            return
+        try:
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            db = await aiosqlite.connect(self.path, isolation_level=None)
+        except (sqlite3.Error, OSError) as exc:
+            raise StorageError(f"cannot open {self.path!r}: {exc}") from exc
+        try:
+            await db.execute("PRAGMA busy_timeout = 10000")
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = NORMAL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await self._migrate(db)
+        except BaseException:
+            await db.close()
+            raise
+        self._db = db
+        self._opened = True
+
+    async def _migrate(self, db: aiosqlite.Connection) -> None:
+        async with db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        version = row[0] if row else 0
+        if version > SCHEMA_VERSION:
+            raise StorageError(
+                f"{self.path} has schema version {version}; this meterware knows "
+                f"{SCHEMA_VERSION}: upgrade meterware"
+            )
+        if version < SCHEMA_VERSION:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _statements(_SCHEMA):
+                    await db.execute(statement)
+                await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+                await db.execute("COMMIT")
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+
+    async def close(self) -> None:
+        db, self._db = self._db, None
+        self._opened = False
+        if db is not None:
+            await db.close()
+
+    async def schema_version(self) -> int:
+        async with self.db.execute("PRAGMA user_version") as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        async with self.db.execute(sql, params) as cur:
+            return await cur.fetchone()
+
+    async def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        async with self.db.execute(sql, params) as cur:
+            return list(await cur.fetchall())
+
+    async def _next_version(self) -> int:
+        row = await self._one(
+            "UPDATE meta SET value = value + 1 WHERE name = 'key_seq' RETURNING value"
+        )
+        return int(row[0])
+
+    # -- accounts and keys -----------------------------------------------------------
+
+    async def ensure_account(self, account_id: str, now: float) -> bool:
+        async with self._write:
+            cur = await self.db.execute(
+                "INSERT OR IGNORE INTO accounts (id, created_at) VALUES (?, ?)", (account_id, now)
+            )
+            return cur.rowcount == 1
+
+    async def list_accounts(self) -> list[str]:
+        return [r[0] for r in await self._all("SELECT id FROM accounts ORDER BY id")]
+
+    async def create_key(self, key: ApiKey, secret_hash: str) -> None:
+        async with self._write, self._transaction():
+            version = await self._next_version()
+            await self.db.execute(
+                f"INSERT INTO keys ({_KEY_FIELDS}, version) VALUES "
+                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*_values(key), version),
+            )
+            await self.db.execute(
+                "INSERT INTO key_secrets (hash, key_id, expires_at) VALUES (?, ?, NULL)",
+                (secret_hash, key.id),
+            )
+
+    async def get_key(self, key_id: str) -> ApiKey | None:
+        row = await self._one(f"SELECT {_KEY_FIELDS} FROM keys WHERE id = ?", (key_id,))
+        return None if row is None else _key(row)
+
+    async def find_key(self, secret_hash: str, now: float) -> ApiKey | None:
+        fields = ", ".join(f"k.{f.strip()}" for f in _KEY_FIELDS.split(","))
+        row = await self._one(
+            f"SELECT {fields} FROM key_secrets s JOIN keys k ON k.id = s.key_id "
+            "WHERE s.hash = ? AND (s.expires_at IS NULL OR s.expires_at > ?)",
+            (secret_hash, now),
+        )
+        return None if row is None else _key(row)
+
+    async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
+        if account_id is None:
+            rows = await self._all(f"SELECT {_KEY_FIELDS} FROM keys ORDER BY created_at, id")
+        else:
+            rows = await self._all(
+                f"SELECT {_KEY_FIELDS} FROM keys WHERE account_id = ? ORDER BY created_at, id",
+                (account_id,),
+            )
+        return [_key(r) for r in rows]
+
+    async def update_key(self, key_id: str, **changes: Any) -> ApiKey | None:
+        unknown = set(changes) - UPDATABLE_KEY_FIELDS
+        if unknown:
+            raise ValueError(f"cannot update {sorted(unknown)}")
+        async with self._write, self._transaction():
+            version = await self._next_version()
+            sets = "".join(f"{name} = ?, " for name in changes)
+            cur = await self.db.execute(
+                f"UPDATE keys SET {sets}version = ? WHERE id = ?",
+                (*changes.values(), version, key_id),
+            )
+            if cur.rowcount == 0:
+                return None
+        return await self.get_key(key_id)
+
+    async def add_secret(self, key_id: str, secret_hash: str, *, retire_old_at: float) -> None:
+        async with self._write, self._transaction():
+            version = await self._next_version()
+            await self.db.execute(
+                "UPDATE key_secrets SET expires_at = min(coalesce(expires_at, ?), ?) "
+                "WHERE key_id = ?",
+                (retire_old_at, retire_old_at, key_id),
+            )
+            await self.db.execute(
+                "INSERT INTO key_secrets (hash, key_id, expires_at) VALUES (?, ?, NULL)",
+                (secret_hash, key_id),
+            )
+            await self.db.execute("UPDATE keys SET version = ? WHERE id = ?", (version, key_id))
+
+    async def key_changes(self, since: int) -> tuple[int, list[str]]:
+        row = await self._one("SELECT value FROM meta WHERE name = 'key_seq'")
+        cursor = int(row[0])
+        if since <= 0 or cursor <= since:
+            return cursor, []
+        rows = await self._all("SELECT id FROM keys WHERE version > ?", (since,))
+        return cursor, [r[0] for r in rows]
+
+    async def key_tiers(self) -> set[str]:
+        return {r[0] for r in await self._all("SELECT DISTINCT tier FROM keys")}
+
+    # -- counters --------------------------------------------------------------------
+
+    async def reserve(self, subject: str, period: str, want: int, limit: int) -> tuple[int, int]:
+        # In an UPDATE every right-hand side reads the row as it was, so `granted` and
+        # `count` are computed from the same old count in one atomic statement.
+        async with self._write:
+            row = await self._one(
+                "INSERT INTO counters (subject, period, count, granted) "
+                "VALUES (?1, ?2, min(?3, max(0, ?4)), min(?3, max(0, ?4))) "
+                "ON CONFLICT (subject, period) DO UPDATE SET "
+                "granted = min(?3, max(0, ?4 - count)), count = count + min(?3, max(0, ?4 - count)) "
+                "RETURNING granted, count",
+                (subject, period, want, limit),
+            )
+        return int(row[0]), int(row[1])
+
+    async def release(self, subject: str, period: str, amount: int) -> None:
+        async with self._write:
+            await self.db.execute(
+                "UPDATE counters SET count = max(0, count - ?) WHERE subject = ? AND period = ?",
+                (amount, subject, period),
+            )
+
+    async def add(self, subject: str, period: str, amount: int) -> int:
+        async with self._write:
+            row = await self._one(
+                "INSERT INTO counters (subject, period, count) VALUES (?1, ?2, ?3) "
+                "ON CONFLICT (subject, period) DO UPDATE SET count = count + ?3 RETURNING count",
+                (subject, period, amount),
+            )
+        return int(row[0])
+
+    async def counter(self, subject: str, period: str) -> int:
+        row = await self._one(
+            "SELECT count FROM counters WHERE subject = ? AND period = ?", (subject, period)
+        )
+        return 0 if row is None else int(row[0])
+
+    # -- usage ledger ----------------------------------------------------------------
+
+    async def record(self, batch: UsageBatch) -> None:
+        if not batch:
+            return
+        async with self._write, self._transaction():
+            db = self.db
+            if batch.rollups:
+                await db.executemany(
+                    "INSERT INTO usage_daily (key_id, action, day, account_id, calls, credits) "
+                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account_id, key_id, day, action) "
+                    "DO UPDATE SET "
+                    "calls = calls + excluded.calls, credits = credits + excluded.credits",
+                    [(r.key_id, r.action, r.day, r.account_id, r.calls, r.credits)
+                     for r in batch.rollups],
+                )  # fmt: skip
+                totals: dict[str, list[int]] = {}
+                for r in batch.rollups:
+                    if r.key_id:
+                        t = totals.setdefault(r.key_id, [0, 0])
+                        t[0] += r.calls
+                        t[1] += r.credits
+                await db.executemany(
+                    "UPDATE keys SET total_calls = total_calls + ?, "
+                    "total_credits = total_credits + ? WHERE id = ?",
+                    [(calls, credits, key_id) for key_id, (calls, credits) in totals.items()],
+                )
+            if batch.activity:
+                await db.executemany(
+                    "UPDATE keys SET total_requests = total_requests + ?, "
+                    "last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
+                    [(a.requests, a.last_used_at, a.key_id) for a in batch.activity],
+                )
+            if batch.labels:
+                await db.executemany(
+                    "INSERT INTO actions (action, label) VALUES (?, ?) "
+                    "ON CONFLICT (action) DO UPDATE SET label = excluded.label",
+                    list(batch.labels.items()),
+                )
+
+    async def usage(
+        self, *, account_id: str, key_id: str | None, first_day: str, last_day: str
+    ) -> list[UsageRow]:
+        if key_id is None:
+            rows = await self._all(
+                "SELECT day, action, sum(calls), sum(credits) FROM usage_daily "
+                "WHERE account_id = ? AND day BETWEEN ? AND ? GROUP BY day, action "
+                "ORDER BY day, action",
+                (account_id, first_day, last_day),
+            )
+        else:
+            rows = await self._all(
+                "SELECT day, action, calls, credits FROM usage_daily "
+                "WHERE key_id = ? AND account_id = ? AND day BETWEEN ? AND ? ORDER BY day, action",
+                (key_id, account_id, first_day, last_day),
+            )
+        return [UsageRow(*r) for r in rows]
+
+    async def key_totals(self, key_id: str) -> KeyTotals:
+        row = await self._one(
+            "SELECT total_requests, total_calls, total_credits, last_used_at FROM keys "
+            "WHERE id = ?",
+            (key_id,),
+        )
+        return KeyTotals() if row is None else KeyTotals(*row)
+
+    async def labels(self) -> dict[str, str]:
+        return {r[0]: r[1] for r in await self._all("SELECT action, label FROM actions")}
+
+    def _transaction(self) -> _Transaction:
+        return _Transaction(self.db)
+
+
+class _Transaction:
+    """`BEGIN IMMEDIATE` ... `COMMIT`, or `ROLLBACK` when the block raises."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self.db = db
+
+    async def __aenter__(self) -> None:
+        await self.db.execute("BEGIN IMMEDIATE")
+
+    async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
+        await self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _values(key: ApiKey) -> tuple[Any, ...]:
+    return (
+        key.id, key.account_id, key.name, key.tier, key.permission, key.website_id,
+        key.created_at, key.last_used_at, key.expires_at, key.revoked_at, key.per_minute,
+        key.monthly_limit, key.monthly_credits, key.billing_anchor_day,
+    )  # fmt: skip
