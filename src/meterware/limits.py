@@ -1,0 +1,397 @@
+"""Per-minute rate limits and monthly quotas.
+
+Per minute: a fixed window of 60 s per subject (key, or account), starting at the
+subject's first hit, the algorithm of `limits`' `FixedWindowRateLimiter`. At most
+`limit` requests are admitted in a window; across a window edge a client can send up to
+2 × `limit` within a short time (the known burst of fixed windows). The default
+(`LocalWindows`) keeps one small entry per active subject in process: O(1) per request.
+With `rate_limit_storage="async+redis://…"` the windows live in a `limits` storage, shared
+by every process (`SharedWindows`).
+
+Per month: a counter per subject and billing period in the store, exact across processes.
+`QuotaCounter` reserves units in small blocks with the store's atomic `reserve` and hands
+them out without I/O. It never admits more than the limit: every admitted unit was
+granted by the store first. The cost of that speed is bounded and documented:
+
+- a process that stops gracefully returns its unused units (`release_all`);
+- a crash loses the unused part of its blocks: those units count as used for the rest of
+  the period (at most one block per subject, ≤ `max_block`, and ≤ 1/8 of what remained);
+- with several processes, a block held by a process that gets no more traffic is
+  returned after `lease_idle` seconds; until then the others may refuse up to that many.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from meterware.clock import Clock, MonthPeriod, month_period, system_clock
+from meterware.errors import ConfigurationError
+from meterware.storage.base import Storage
+
+__all__ = [
+    "LocalWindows",
+    "MinuteResult",
+    "PeriodCache",
+    "QuotaCounter",
+    "QuotaStatus",
+    "SharedWindows",
+    "quota_status",
+]
+
+log = logging.getLogger("meterware")
+
+UNLIMITED = 2**62
+WINDOW = 60
+
+
+@dataclass(slots=True)
+class MinuteResult:
+    """The outcome of one hit on a per-minute window."""
+
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_at: float
+
+
+class LocalWindows:
+    """In-process fixed windows: a dict of `[window_end, count]`, O(1) per hit."""
+
+    local = True
+
+    def __init__(self, clock: Clock = system_clock, window: int = WINDOW) -> None:
+        self.clock = clock
+        self.window = window
+        self._windows: dict[str, list[float]] = {}
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    async def hit(self, subject: str, limit: int) -> MinuteResult:
+        now = self.clock()
+        entry = self._windows.get(subject)
+        if entry is None or now >= entry[0]:
+            entry = [now + self.window, 0]
+            self._windows[subject] = entry
+        if entry[1] >= limit:
+            return MinuteResult(False, limit, 0, entry[0])
+        entry[1] += 1
+        return MinuteResult(True, limit, limit - int(entry[1]), entry[0])
+
+    def peek(self, subject: str, limit: int) -> MinuteResult:
+        """The window's state without counting a hit."""
+        entry = self._windows.get(subject)
+        now = self.clock()
+        if entry is None or now >= entry[0]:
+            return MinuteResult(True, limit, limit, now + self.window)
+        return MinuteResult(entry[1] < limit, limit, max(0, limit - int(entry[1])), entry[0])
+
+    def sweep(self) -> int:
+        """Forget windows that have ended; how many were dropped."""
+        now = self.clock()
+        ended = [s for s, e in self._windows.items() if now >= e[0]]
+        for subject in ended:
+            del self._windows[subject]
+        return len(ended)
+
+    async def close(self) -> None:
+        self._windows.clear()
+
+
+class SharedWindows:
+    """Fixed windows in a `limits` async storage (`async+redis://…`), shared by processes.
+
+    One round trip per request (`incr`); the window's end is learnt from the first hit or,
+    when another process opened the window, from one `get_expiry`, then cached.
+    When the storage fails, requests pass (fail open) and a warning is logged once per
+    outage.
+    """
+
+    local = False
+
+    def __init__(self, uri: str, clock: Clock = system_clock, window: int = WINDOW) -> None:
+        from limits.aio.storage import Storage as LimitsAsyncStorage
+        from limits.errors import ConfigurationError as LimitsConfigurationError
+        from limits.storage import storage_from_string
+
+        try:
+            storage = storage_from_string(uri)
+        except LimitsConfigurationError as exc:
+            raise ConfigurationError(f"rate_limit_storage: {exc}") from None
+        if not isinstance(storage, LimitsAsyncStorage):
+            raise ConfigurationError(
+                f"rate_limit_storage must be an async limits storage, such as "
+                f"'async+redis://host:6379' or 'async+memory://', not {uri.split('://')[0]}://"
+            )
+        self.storage = storage
+        self.clock = clock
+        self.window = window
+        self._resets: dict[str, float] = {}
+        self._failing = False
+
+    def __len__(self) -> int:
+        return len(self._resets)
+
+    async def hit(self, subject: str, limit: int) -> MinuteResult:
+        key = f"meterware/minute/{subject}"
+        now = self.clock()
+        try:
+            count = await self.storage.incr(key, self.window)
+            reset_at = self._resets.get(subject)
+            if count == 1 or reset_at is None or reset_at <= now:
+                if count == 1:
+                    reset_at = now + self.window
+                else:
+                    reset_at = now + max(0.0, await self.storage.get_expiry(key) - now)
+                self._resets[subject] = reset_at
+        except Exception as exc:
+            if not self._failing:
+                self._failing = True
+                log.warning("rate limit storage failed, admitting requests: %s", exc)
+            return MinuteResult(True, limit, limit, now + self.window)
+        if self._failing:
+            self._failing = False
+            log.warning("rate limit storage is back")
+        return MinuteResult(count <= limit, limit, max(0, limit - count), reset_at)
+
+    def peek(self, subject: str, limit: int) -> MinuteResult:
+        now = self.clock()
+        return MinuteResult(True, limit, limit, self._resets.get(subject, now + self.window))
+
+    def sweep(self) -> int:
+        now = self.clock()
+        ended = [s for s, r in self._resets.items() if r <= now]
+        for subject in ended:
+            del self._resets[subject]
+        return len(ended)
+
+    async def close(self) -> None:
+        self._resets.clear()
+
+
+def windows_from(uri: str | None, clock: Clock) -> LocalWindows | SharedWindows:
+    """The per-minute limiter for a `rate_limit_storage` setting (None: in process)."""
+    if uri is None or uri in ("", "memory://", "local://"):
+        return LocalWindows(clock)
+    return SharedWindows(uri, clock)
+
+
+class PeriodCache:
+    """The current billing period per anchor day, recomputed only when it ends."""
+
+    def __init__(self) -> None:
+        self._periods: dict[int, MonthPeriod] = {}
+
+    def get(self, now: float, anchor_day: int = 1) -> MonthPeriod:
+        period = self._periods.get(anchor_day)
+        if period is None or not period.start <= now < period.end:
+            period = month_period(now, anchor_day)
+            self._periods[anchor_day] = period
+        return period
+
+
+class _Lease:
+    __slots__ = ("count", "free", "period", "touched")
+
+    def __init__(self, period: str) -> None:
+        self.period = period
+        self.free = 0  # units reserved in the store and not yet handed out
+        self.count = 0  # the store's count after our last reservation
+        self.touched = 0.0
+
+
+class QuotaCounter:
+    """Exact monthly counters with in-process blocks of reserved units (see module doc)."""
+
+    def __init__(
+        self,
+        store: Storage,
+        *,
+        clock: Clock = system_clock,
+        max_block: int = 32,
+        lease_idle: float = 2.0,
+    ) -> None:
+        if max_block < 1:
+            raise ConfigurationError("quota_block must be >= 1")
+        self.store = store
+        self.clock = clock
+        self.max_block = max_block
+        self.lease_idle = lease_idle
+        self._leases: dict[str, _Lease] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def __len__(self) -> int:
+        return len(self._leases)
+
+    async def take(self, counter: str, period: str, amount: int, limit: int | None) -> bool:
+        """Take `amount` units if the period's count stays within `limit`."""
+        lease = self._leases.get(counter)
+        if lease is not None and lease.period == period and lease.free >= amount:
+            lease.free -= amount
+            lease.touched = self.clock()
+            return True
+        return await self._refill(counter, period, amount, UNLIMITED if limit is None else limit)
+
+    async def _refill(self, counter: str, period: str, amount: int, limit: int) -> bool:
+        lock = self._locks.get(counter)
+        if lock is None:
+            lock = self._locks[counter] = asyncio.Lock()
+        async with lock:
+            lease = await self._lease(counter, period)
+            if lease.free < amount:
+                remaining = max(0, limit - lease.count)
+                want = max(amount - lease.free, min(self.max_block * amount, remaining // 8))
+                granted, lease.count = await self.store.reserve(counter, period, want, limit)
+                lease.free += granted
+            lease.touched = self.clock()
+            if lease.free < amount:
+                return False
+            lease.free -= amount
+            return True
+
+    async def _lease(self, counter: str, period: str) -> _Lease:
+        lease = self._leases.get(counter)
+        if lease is not None and lease.period == period:
+            return lease
+        if lease is not None and lease.free:
+            await self.store.release(counter, lease.period, lease.free)
+        lease = self._leases[counter] = _Lease(period)
+        return lease
+
+    def give_back(self, counter: str, period: str, amount: int) -> None:
+        """Return units taken for a request that was then refused or not charged."""
+        lease = self._leases.get(counter)
+        if lease is not None and lease.period == period:
+            lease.free += amount
+
+    async def force(self, counter: str, period: str, amount: int) -> None:
+        """Count `amount` more units whatever the limit (a cost raised at run time)."""
+        lease = self._leases.get(counter)
+        if lease is not None and lease.period == period and lease.free >= amount:
+            lease.free -= amount
+            return
+        count = await self.store.add(counter, period, amount)
+        if lease is not None and lease.period == period:
+            lease.count = count
+
+    def estimate(self, counter: str, period: str) -> int:
+        """The period's count as last seen, without I/O (for response headers)."""
+        lease = self._leases.get(counter)
+        return lease.count - lease.free if lease is not None and lease.period == period else 0
+
+    def unused(self, counter: str, period: str) -> int:
+        """Units this process holds reserved and has not handed out."""
+        lease = self._leases.get(counter)
+        return lease.free if lease is not None and lease.period == period else 0
+
+    async def used(self, counter: str, period: str) -> int:
+        """The period's count as clients should see it: the store's, less our unused units."""
+        return max(0, await self.store.counter(counter, period) - self.unused(counter, period))
+
+    async def release_idle(self) -> None:
+        """Return the unused units of leases not touched for `lease_idle` seconds."""
+        cutoff = self.clock() - self.lease_idle
+        for counter, lease in list(self._leases.items()):
+            if lease.touched < cutoff and not self._busy(counter):
+                await self._return(counter, lease)
+
+    async def release_all(self) -> None:
+        """Return every unused unit (graceful shutdown)."""
+        for counter, lease in list(self._leases.items()):
+            await self._return(counter, lease)
+
+    def _busy(self, counter: str) -> bool:
+        lock = self._locks.get(counter)
+        return lock is not None and lock.locked()
+
+    async def _return(self, counter: str, lease: _Lease) -> None:
+        if self._leases.get(counter) is lease:
+            del self._leases[counter]
+            self._locks.pop(counter, None)
+        if lease.free:
+            free, lease.free = lease.free, 0
+            await self.store.release(counter, lease.period, free)
+
+
+def requests_counter(subject: str) -> str:
+    return f"requests:{subject}"
+
+
+def credits_counter(subject: str) -> str:
+    return f"credits:{subject}"
+
+
+@dataclass(frozen=True)
+class QuotaStatus:
+    """One source of truth for what a caller has used and has left."""
+
+    tier: str
+    per_minute: int | None
+    monthly_limit: int | None
+    monthly_requests: int
+    monthly_reset_at: float
+    period_start: float
+    monthly_credits_limit: int | None
+    monthly_credits: int
+    total_requests: int
+
+    @property
+    def monthly_remaining(self) -> int | None:
+        if self.monthly_limit is None:
+            return None
+        return max(0, self.monthly_limit - self.monthly_requests)
+
+    def as_dict(self, iso: Callable[[float], str]) -> dict[str, Any]:
+        return {
+            "tier": self.tier,
+            "requests_per_minute": self.per_minute,
+            "monthly_requests": self.monthly_requests,
+            "monthly_limit": self.monthly_limit,
+            "monthly_remaining": self.monthly_remaining,
+            "monthly_reset_at": iso(self.monthly_reset_at),
+            "monthly_credits": self.monthly_credits,
+            "monthly_credits_limit": self.monthly_credits_limit,
+            "total_requests": self.total_requests,
+        }
+
+
+async def quota_status(
+    store: Storage,
+    *,
+    subject: str,
+    key_id: str | None,
+    tier: str,
+    per_minute: int | None,
+    monthly_limit: int | None,
+    monthly_credits: int | None,
+    anchor_day: int,
+    now: float,
+    counter: QuotaCounter | None = None,
+) -> QuotaStatus:
+    """Read a caller's monthly numbers: what the usage endpoint and the CLI both show."""
+    period = month_period(now, anchor_day)
+    requests, credits = requests_counter(subject), credits_counter(subject)
+    if counter is not None:
+        used, spent = (
+            await counter.used(requests, period.id),
+            await counter.used(credits, period.id),
+        )
+    else:
+        used = await store.counter(requests, period.id)
+        spent = await store.counter(credits, period.id)
+    total = (await store.key_totals(key_id)).requests if key_id else used
+    return QuotaStatus(
+        tier=tier,
+        per_minute=per_minute,
+        monthly_limit=monthly_limit,
+        monthly_requests=used,
+        monthly_reset_at=period.end,
+        period_start=period.start,
+        monthly_credits_limit=monthly_credits,
+        monthly_credits=spent,
+        total_requests=total,
+    )

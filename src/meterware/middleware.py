@@ -1,0 +1,462 @@
+"""`MeterwareMiddleware`: the pure ASGI middleware.
+
+A request's path, top to bottom in `__call__`:
+
+1. pass through what is not HTTP, and the exempt paths;
+2. resolve the key (401 when missing, malformed, unknown, revoked or expired);
+3. find the route and its declared cost (403 for a site_access key on another site);
+4. per-minute limit (429 RATE_LIMITED);
+5. the usage endpoint is answered here: rate-limited, never counted or charged;
+6. monthly request quota (429 QUOTA_EXCEEDED), then monthly credits (402);
+7. run the host's app; count the request, and charge its credits if it succeeded.
+
+Every response to an authenticated request carries the rate-limit headers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any, Literal
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from meterware import responses
+from meterware.clock import Clock, system_clock
+from meterware.errors import ConfigurationError, StorageError
+from meterware.keys import Caller, KeyExtractor, KeyResolver, SecretHasher, StoreResolver
+from meterware.limits import (
+    MinuteResult,
+    PeriodCache,
+    QuotaCounter,
+    credits_counter,
+    requests_counter,
+    windows_from,
+)
+from meterware.metering import SCOPE_KEY, Call, Meter, RouteCosts
+from meterware.responses import Refusal, retry_after
+from meterware.storage import Storage, storage_from_url
+from meterware.tiers import Limits, TierTable
+from meterware.usage import ENVELOPE_OF, UsageApp, UsageFormat
+
+__all__ = ["DEFAULT_EXEMPT_PATHS", "MeterwareMiddleware"]
+
+log = logging.getLogger("meterware")
+
+DEFAULT_STORAGE = "sqlite:///meterware.db"
+DEFAULT_EXEMPT_PATHS = ("/health", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+ChargeRule = Callable[[int], bool]
+
+
+class MeterwareMiddleware:
+    """Authenticate, limit and meter every HTTP request of the wrapped app.
+
+    `app.add_middleware(MeterwareMiddleware, storage="sqlite:///meterware.db")`.
+    Every option is keyword-only; the README lists them all.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        storage: str | Storage | None = None,
+        resolver: KeyResolver | None = None,
+        tiers: TierTable | Mapping[str, Mapping[str, int | None]] | None = None,
+        key_headers: Iterable[str] = ("x-api-key",),
+        bearer: bool = True,
+        key_prefix: str = "mw_",
+        pepper: str | bytes | None = None,
+        key_refresh: float = 1.0,
+        exempt_paths: Iterable[str] = DEFAULT_EXEMPT_PATHS,
+        website_param: str = "website_id",
+        envelope: responses.Envelope | None = None,
+        rate_limit_storage: str | None = None,
+        rate_limit_by: Literal["key", "account"] = "key",
+        rate_limit_headers: Iterable[str] = ("x-ratelimit", "ietf"),
+        default_cost: int = 0,
+        charge: Collection[int] | ChargeRule | None = None,
+        usage_path: str | None = None,
+        usage_format: UsageFormat = "quota",
+        flush_interval: float = 0.5,
+        flush_batch: int = 1000,
+        max_pending: int = 100_000,
+        quota_block: int = 32,
+        lease_idle: float = 2.0,
+        clock: Clock = system_clock,
+    ) -> None:
+        self.app = app
+        self.clock = clock
+        if storage is None:
+            storage = os.environ.get("METERWARE_STORAGE") or DEFAULT_STORAGE
+        self._owns_store = isinstance(storage, str)
+        self.store = storage_from_url(storage) if isinstance(storage, str) else storage
+        self.tiers = TierTable.coerce(tiers)
+        self.hasher = SecretHasher(
+            prefix=key_prefix,
+            pepper=pepper if pepper is not None else os.environ.get("METERWARE_PEPPER"),
+        )
+        self.extract = KeyExtractor(key_headers, bearer=bearer)
+        self.key_cache = (
+            None if resolver is not None else StoreResolver(self.store, self.hasher, clock)
+        )
+        self.resolve: KeyResolver = resolver if resolver is not None else self.key_cache  # type: ignore[assignment]
+        if key_refresh <= 0:
+            raise ConfigurationError("key_refresh must be > 0 seconds")
+        self.key_refresh = key_refresh
+        self.exempt = frozenset(exempt_paths)
+        self.website_param = website_param
+        if rate_limit_by not in ("key", "account"):
+            raise ConfigurationError("rate_limit_by must be 'key' or 'account'")
+        self.rate_limit_by = rate_limit_by
+        if rate_limit_storage is None:
+            rate_limit_storage = os.environ.get("METERWARE_RATE_LIMIT_STORAGE") or None
+        self.windows = windows_from(rate_limit_storage, clock)
+        self.header_families = responses.check_header_families(rate_limit_headers)
+        self.costs = RouteCosts(default_cost)
+        self.charge_rule = _charge_rule(charge)
+        self.usage_path = usage_path
+        self.usage_app = UsageApp(usage_format)
+        self.envelope = responses.check_envelope(envelope or ENVELOPE_OF[usage_format])
+        self.periods = PeriodCache()
+        self.quota = QuotaCounter(
+            self.store, clock=clock, max_block=quota_block, lease_idle=lease_idle
+        )
+        self.meter = Meter(
+            self.store,
+            clock=clock,
+            flush_interval=flush_interval,
+            flush_batch=flush_batch,
+            max_pending=max_pending,
+        )
+        self._policies: dict[tuple[int | None, int | None, int], bytes] = {}
+        self._started = False
+        self._starting: asyncio.Lock | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._known_labels: dict[str, str] = {}
+
+    # -- the request path --------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            return await self._lifespan(scope, receive, send)
+        if scope["type"] != "http" or scope["path"] in self.exempt:
+            return await self.app(scope, receive, send)
+        if not self._started:
+            await self.start()
+        now = self.clock()
+
+        # 2. who is calling
+        secret = self.extract(scope["headers"])
+        try:
+            caller = await self.resolve(secret) if secret is not None else None
+        except StorageError as exc:
+            return await self._unavailable(scope, send, exc)
+        if caller is None:
+            return await self._refuse(send, responses.UNAUTHORIZED, now)
+        try:
+            limits = self.tiers.limits_for(caller)
+        except ConfigurationError:
+            log.error(
+                "key %s has tier %r, which the tier table does not know", caller.key_id, caller.tier
+            )
+            return await self._refuse(send, responses.FORBIDDEN_TIER, now)
+
+        # 3. where it is going
+        route = self.costs.lookup(scope, self._routes(scope))
+        is_usage = scope["path"] == self.usage_path or isinstance(route.endpoint, UsageApp)
+        if caller.permission == "site_access":
+            site = route.path_params.get(self.website_param)
+            if site is not None and str(site) != caller.website_id:
+                return await self._refuse(
+                    send, responses.FORBIDDEN_SITE, now, self._headers(caller, limits, None, now)
+                )
+
+        # 4. per-minute limit
+        minute = None
+        if limits.per_minute is not None:
+            minute = await self.windows.hit(self._minute_subject(caller), limits.per_minute)
+            if not minute.allowed:
+                headers = self._headers(caller, limits, minute, now)
+                headers.append((b"retry-after", retry_after(minute.reset_at - now)))
+                return await self._refuse(send, responses.RATE_LIMITED, now, headers)
+
+        # 5. the usage endpoint
+        call = Call(caller, self)
+        scope[SCOPE_KEY] = call
+        scope.setdefault("state", {})["meterware"] = caller
+        if is_usage:
+            call.headers = self._headers(caller, limits, minute, now)
+            return await self.usage_app(scope, receive, send)
+
+        # 6. monthly quota, then monthly credits
+        period = self.periods.get(now, limits.anchor_day).id
+        subject = self.quota_subject(caller)
+        credits = route.cost.credits
+        try:
+            if not await self.quota.take(
+                requests_counter(subject), period, 1, limits.monthly_requests
+            ):
+                headers = self._headers(caller, limits, minute, now)
+                reset = self.periods.get(now, limits.anchor_day).end
+                headers.append((b"retry-after", retry_after(reset - now)))
+                return await self._refuse(send, responses.QUOTA_EXCEEDED, now, headers)
+            if credits and not await self.quota.take(
+                credits_counter(subject), period, credits, limits.monthly_credits
+            ):
+                self.quota.give_back(requests_counter(subject), period, 1)
+                headers = self._headers(caller, limits, minute, now)
+                return await self._refuse(send, responses.INSUFFICIENT_CREDITS, now, headers)
+        except StorageError as exc:
+            return await self._unavailable(scope, send, exc)
+
+        # 7. the host's app, metered
+        call.cost, call.credits = route.cost, credits
+        self.meter.admitted(caller.key_id, now)
+        extra = self._headers(caller, limits, minute, now)
+        status = 0
+        disconnected = False
+
+        async def receive_watching() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect" and not status:
+                disconnected = True
+            return message
+
+        async def send_with_headers(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = _merge_headers(message.get("headers", ()), extra)
+            await send(message)
+
+        succeeded = False
+        try:
+            await self.app(scope, receive_watching, send_with_headers)
+            succeeded = True
+        finally:
+            charged = succeeded and bool(status) and not disconnected and self.charge_rule(status)
+            await self._settle(call, subject, period, credits, charged)
+
+    async def _settle(
+        self, call: Call, subject: str, period: str, taken: int, charged: bool
+    ) -> None:
+        """Record the call's charge, and return the credits taken but not charged."""
+        final = call.credits if charged else 0
+        counter = credits_counter(subject)
+        if final < taken:
+            self.quota.give_back(counter, period, taken - final)
+        elif final > taken:
+            try:
+                await self.quota.force(counter, period, final - taken)
+            except StorageError as exc:
+                log.warning("could not count %d extra credits: %s", final - taken, exc)
+        if final > 0 and call.cost is not None:
+            cost = call.cost
+            self._known_labels[cost.action] = cost.label
+            self.meter.charge(call.caller.account_id, call.caller.key_id, cost, final, self.clock())
+
+    # -- helpers of the request path ---------------------------------------------------
+
+    def _routes(self, scope: Scope) -> Any:
+        return getattr(scope.get("app"), "routes", None) or getattr(self.app, "routes", None)
+
+    def quota_subject(self, caller: Caller) -> str:
+        return caller.subject
+
+    def _minute_subject(self, caller: Caller) -> str:
+        return caller.account_id if self.rate_limit_by == "account" else caller.subject
+
+    def _headers(
+        self, caller: Caller, limits: Limits, minute: MinuteResult | None, now: float
+    ) -> list[tuple[bytes, bytes]]:
+        """The rate-limit headers for this caller's current numbers."""
+        if minute is None and limits.per_minute is not None:
+            minute = self.windows.peek(self._minute_subject(caller), limits.per_minute)
+        headers: list[tuple[bytes, bytes]] = []
+        families = self.header_families
+        if minute is not None and "x-ratelimit" in families:
+            headers += [
+                (b"x-ratelimit-limit", str(minute.limit).encode()),
+                (b"x-ratelimit-remaining", str(minute.remaining).encode()),
+                (b"x-ratelimit-reset", str(math.ceil(minute.reset_at)).encode()),
+            ]
+        if "ietf" in families:
+            period = self.periods.get(now, limits.anchor_day)
+            items = []
+            if minute is not None:
+                seconds = max(0, math.ceil(minute.reset_at - now))
+                items.append(f'"minute";r={minute.remaining};t={seconds}')
+            if limits.monthly_requests is not None:
+                used = self.quota.estimate(requests_counter(self.quota_subject(caller)), period.id)
+                left = max(0, limits.monthly_requests - used)
+                items.append(f'"month";r={left};t={max(0, math.ceil(period.end - now))}')
+            if items:
+                headers.append((b"ratelimit-policy", self._policy(limits, period.length)))
+                headers.append((b"ratelimit", ", ".join(items).encode()))
+        return headers
+
+    def _policy(self, limits: Limits, month_seconds: int) -> bytes:
+        key = (limits.per_minute, limits.monthly_requests, month_seconds)
+        policy = self._policies.get(key)
+        if policy is None:
+            parts = []
+            if limits.per_minute is not None:
+                parts.append(f'"minute";q={limits.per_minute};w={self.windows.window}')
+            if limits.monthly_requests is not None:
+                parts.append(f'"month";q={limits.monthly_requests};w={month_seconds}')
+            policy = ", ".join(parts).encode()
+            if len(self._policies) > 1024:
+                self._policies.clear()
+            self._policies[key] = policy
+        return policy
+
+    async def _refuse(
+        self, send: Send, refusal: Refusal, now: float, headers: Iterable[tuple[bytes, bytes]] = ()
+    ) -> None:
+        body = responses.error_body(self.envelope, refusal, now)
+        await responses.send_json(send, refusal.status, body, headers)
+
+    async def _unavailable(self, scope: Scope, send: Send, exc: Exception) -> None:
+        log.warning("storage unavailable for %s %s: %s", scope["method"], scope["path"], exc)
+        now = self.clock()
+        await self._refuse(send, responses.STORAGE_UNAVAILABLE, now, [(b"retry-after", b"5")])
+
+    async def labels(self) -> dict[str, str]:
+        """Action labels: those recorded in storage, overridden by the routes' current ones."""
+        return {**await self.store.labels(), **self._known_labels}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        first = await receive()
+        if first["type"] == "lifespan.startup":
+            try:
+                await self.start()
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": f"meterware: {exc}"})
+                return
+
+        pending: list[Message] = [first]
+
+        async def replay() -> Message:
+            return pending.pop() if pending else await receive()
+
+        async def send_then_stop(message: Message) -> None:
+            if message["type"] in (
+                "lifespan.startup.failed",
+                "lifespan.shutdown.complete",
+                "lifespan.shutdown.failed",
+            ):
+                await self.stop()
+            await send(message)
+
+        await self.app(scope, replay, send_then_stop)
+
+    async def start(self) -> None:
+        """Open storage, check the tiers of stored keys, start the background task.
+
+        Called on lifespan startup, or by the first request where there is no lifespan.
+        """
+        if self._started:
+            return
+        if self._starting is None:
+            self._starting = asyncio.Lock()
+        async with self._starting:
+            if self._started:
+                return
+            if not self.store.opened:
+                await self.store.open()
+            else:
+                self._owns_store = False
+            unknown = {t for t in await self.store.key_tiers() if not _known(self.tiers, t)}
+            if unknown:
+                raise ConfigurationError(
+                    f"stored keys use tiers the tier table does not know: {sorted(unknown)}"
+                )
+            if self.key_cache is not None:
+                await self.key_cache.start()
+            self._task = asyncio.get_running_loop().create_task(self._background())
+            self._started = True
+
+    async def stop(self) -> None:
+        """Flush everything, return unused quota, close what meterware opened."""
+        if not self._started:
+            return
+        self._started = False
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for attempt in range(3):
+            if await self.meter.flush():
+                break
+            await asyncio.sleep(0.2 * (attempt + 1))
+        else:
+            log.error(
+                "usage could not be written at shutdown: %d aggregates lost", self.meter.pending
+            )
+        try:
+            await self.quota.release_all()
+        except StorageError as exc:
+            log.warning("could not return unused quota at shutdown: %s", exc)
+        await self.windows.close()
+        if self._owns_store:
+            await self.store.close()
+
+    async def _background(self) -> None:
+        """Flush the ledger, poll key changes, return idle quota, forget ended windows."""
+        loop = asyncio.get_running_loop()
+        next_poll = next_sweep = loop.time()
+        while True:
+            await self.meter.wait()
+            await self.meter.flush()
+            now = loop.time()
+            try:
+                if self.key_cache is not None and now >= next_poll:
+                    next_poll = now + self.key_refresh
+                    await self.key_cache.poll()
+                await self.quota.release_idle()
+            except StorageError as exc:
+                log.debug("background storage work failed: %s", exc)
+            except Exception:
+                log.exception("meterware background task error")
+            if now >= next_sweep:
+                next_sweep = now + 60
+                self.windows.sweep()
+
+
+def _known(tiers: TierTable, name: str) -> bool:
+    try:
+        tiers.get(name)
+    except ConfigurationError:
+        return False
+    return True
+
+
+def _charge_rule(charge: Collection[int] | ChargeRule | None) -> ChargeRule:
+    if charge is None:
+        return lambda status: status < 400
+    if callable(charge):
+        return charge
+    statuses = frozenset(charge)
+    return statuses.__contains__
+
+
+def _merge_headers(
+    headers: Iterable[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """The response's headers plus ours, leaving out any family the app already set."""
+    merged = list(headers)
+    present = {name.lower() for name, _ in merged}
+    if b"x-ratelimit-limit" in present or b"x-ratelimit-remaining" in present:
+        extra = [h for h in extra if not h[0].startswith(b"x-ratelimit")]
+    if b"ratelimit" in present or b"ratelimit-policy" in present:
+        extra = [h for h in extra if h[0] not in (b"ratelimit", b"ratelimit-policy")]
+    merged.extend(extra)
+    return merged
