@@ -1,0 +1,86 @@
+"""Reference A's API on FastAPI: three metered exports, a free upload, and the credits
+report at `GET /api/v1/usage`.
+
+    uvicorn --app-dir examples/fastapi_app app:app      # serve it
+    python examples/fastapi_app/app.py                  # create a demo key, then serve it
+
+Storage comes from `METERWARE_STORAGE` (default `sqlite:///meterware.db`), the per-minute
+limits from `METERWARE_RATE_LIMIT_STORAGE` (default: in process).
+"""
+
+from __future__ import annotations
+
+import os
+
+from fastapi import Depends, FastAPI
+
+from meterware import Caller, MeterwareMiddleware, cost, get_caller
+
+app = FastAPI(title="Design export API (meterware example)")
+app.add_middleware(MeterwareMiddleware, usage_path="/api/v1/usage", usage_format="credits")
+
+
+@app.post("/api/v1/image-to-html")
+@cost(30, action="image_to_html", label="Image → HTML")
+async def image_to_html(caller: Caller = Depends(get_caller)) -> dict[str, str]:
+    """Turn an uploaded image into HTML (30 credits)."""
+    return {"html": "<main><h1>Hello</h1></main>", "account": caller.account_id}
+
+
+@app.post("/api/v1/code-export")
+@cost(15, action="code_export", label="Export Code")
+async def code_export() -> dict[str, str]:
+    """Export a design as code (15 credits)."""
+    return {"code": "export default function Page() { return <main />; }"}
+
+
+@app.post("/api/v1/figma-export")
+@cost(10, action="figma_export", label="Figma Export")
+async def figma_export() -> dict[str, str]:
+    """Export a design to Figma (10 credits)."""
+    return {"figma": "https://figma.example/file/demo"}
+
+
+@app.post("/api/v1/uploads")
+@cost(0, action="upload", label="Upload")
+async def upload() -> dict[str, str]:
+    """Upload an asset (free: never appears in the usage report)."""
+    return {"upload": "ok"}
+
+
+@app.get("/health")
+async def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def main() -> None:  # pragma: no cover - the quickstart's demo
+    import asyncio
+    import time
+
+    import uvicorn
+
+    from meterware import SecretHasher, storage_from_url
+    from meterware.keys import create_key
+
+    url = os.environ.get("METERWARE_STORAGE", "sqlite:///meterware.db")
+
+    async def demo_key() -> str:
+        async with storage_from_url(url) as store:
+            hasher = SecretHasher(pepper=os.environ.get("METERWARE_PEPPER"))
+            _, secret = await create_key(
+                store, hasher, name="Demo Key", account_id="demo", tier="pro", now=time.time()
+            )
+            return secret
+
+    secret = asyncio.run(demo_key())
+    host, port = "127.0.0.1", int(os.environ.get("PORT", "8000"))
+    base = f"http://{host}:{port}"
+    print(f"\nmeterware demo on {base} (storage {url})\nYour demo key: {secret}\n")
+    for path in ("image-to-html", "code-export", "figma-export"):
+        print(f"curl -X POST {base}/api/v1/{path} -H 'Authorization: Bearer {secret}'")
+    print(f"curl '{base}/api/v1/usage?days=7' -H 'Authorization: Bearer {secret}'\n")
+    uvicorn.run(app, host=host, port=port)
+
+
+if __name__ == "__main__":
+    main()
