@@ -123,14 +123,24 @@ def _match(scope: dict[str, Any], routes: Iterable[Any]) -> tuple[Any, dict[str,
         if match is not Match.FULL:
             continue
         params = dict(child.get("path_params", {}))
-        sub_routes = getattr(route, "routes", None)
-        if sub_routes and "endpoint" in child and child["endpoint"] is getattr(route, "app", None):
-            inner = _match({**scope, **child}, sub_routes)
-            if inner is None:
-                return None
-            return inner[0], {**params, **inner[1]}
-        return child.get("endpoint"), params
+        endpoint = child.get("endpoint")
+        if endpoint is None or endpoint is getattr(route, "app", None):
+            children = _children(route)
+            if children:
+                inner = _match({**scope, **child}, children)
+                if inner is None:
+                    return None
+                return inner[0], {**params, **inner[1]}
+        return endpoint, params
     return None
+
+
+def _children(route: Any) -> Iterable[Any] | None:
+    """The routes inside a Mount, a mounted app, or a FastAPI included router."""
+    effective = getattr(route, "effective_candidates", None)  # FastAPI's included routers
+    if callable(effective):
+        return effective()  # type: ignore[no-any-return]
+    return getattr(route, "routes", None)
 
 
 def _declared(endpoint: Any, method: str) -> Cost | None:

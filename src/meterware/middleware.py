@@ -338,8 +338,9 @@ class MeterwareMiddleware:
             try:
                 await self.start()
             except Exception as exc:
+                # as Starlette's router does: report the failure, then raise it
                 await send({"type": "lifespan.startup.failed", "message": f"meterware: {exc}"})
-                return
+                raise
 
         pending: list[Message] = [first]
 

@@ -80,7 +80,8 @@ class TierTable:
             tiers = [Tier(name, **dict(limits)) for name, limits in value.items()]  # type: ignore[arg-type,unused-ignore]
         except TypeError as exc:
             raise ConfigurationError(f"bad tier table: {exc}") from None
-        return cls(tiers)
+        names = {tier.name.lower() for tier in tiers}
+        return cls(tiers, aliases={k: v for k, v in LEGACY_TIERS.items() if v in names})
 
     def __iter__(self) -> Iterator[Tier]:
         return iter(self._tiers.values())

@@ -1,0 +1,297 @@
+"""Authentication: key extraction, the same 401 for every bad key, revocation within the
+bound, site-scoped keys, exempt paths, and the two error envelopes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
+
+from meterware import Caller, ConfigurationError, MeterwareMiddleware, SecretHasher
+from meterware.keys import rotate_key
+from meterware.storage.sqlite import SQLiteStorage
+from tests.utils import FakeClock, ROUTES, bearer, middleware_of, new_key, serve, starlette_app
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = SQLiteStorage(f"sqlite:///{tmp_path}/meterware.db")
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+def clock():
+    return FakeClock("2026-02-07T12:00:00")
+
+
+async def test_key_from_x_api_key_and_bearer(store, clock):
+    """A key is accepted from X-API-Key and from Authorization: Bearer."""
+    key, secret = await new_key(store, clock)
+    async with serve(starlette_app(store, clock)) as client:
+        for headers in ({"X-API-Key": secret}, bearer(secret), {"authorization": f"bearer {secret}"}):
+            response = await client.get("/whoami", headers=headers)
+            assert response.status_code == 200, headers
+            assert response.json() == {"key": key.id, "account": "acct_1", "tier": "free"}
+
+
+async def test_key_in_query_string_is_ignored(store, clock):
+    """A key in the query string is not read: 401."""
+    _, secret = await new_key(store, clock)
+    async with serve(starlette_app(store, clock)) as client:
+        response = await client.get(f"/whoami?api_key={secret}&key={secret}")
+    assert response.status_code == 401
+
+
+async def test_every_bad_key_gets_the_same_401(store, clock):
+    """Missing, malformed, unknown, revoked and expired keys get byte-identical 401 bodies."""
+    revoked_key, revoked = await new_key(store, clock, name="revoked")
+    _, expired = await new_key(store, clock, name="expired", expires_at=clock() + 10)
+    await store.update_key(revoked_key.id, revoked_at=clock() - 1)
+    clock.advance(11)
+    unknown = SecretHasher().new_secret()
+    cases = {
+        "missing": {},
+        "empty bearer": {"Authorization": "Bearer "},
+        "basic auth": {"Authorization": "Basic dXNlcjpwYXNz"},
+        "malformed": {"X-API-Key": "not-a-key"},
+        "unknown": {"X-API-Key": unknown},
+        "revoked": {"X-API-Key": revoked},
+        "expired": {"X-API-Key": expired},
+    }
+    async with serve(starlette_app(store, clock)) as client:
+        answers = {name: await client.get("/hello", headers=h) for name, h in cases.items()}
+    bodies = {a.content for a in answers.values()}
+    assert {a.status_code for a in answers.values()} == {401}
+    assert len(bodies) == 1
+    assert json.loads(bodies.pop()) == {
+        "success": False,
+        "error": {
+            "message": "Invalid or missing API key",
+            "code": "UNAUTHORIZED",
+            "timestamp": "2026-02-07T12:00:11.000Z",
+        },
+    }
+    assert {tuple(sorted(a.headers)) for a in answers.values()} == {
+        ("content-length", "content-type")
+    }
+
+
+async def test_flat_envelope(store, clock):
+    """envelope='flat' answers 401 with exactly {"error": "<message>"}."""
+    async with serve(starlette_app(store, clock, envelope="flat")) as client:
+        response = await client.get("/hello")
+    assert response.status_code == 401
+    assert response.content == b'{"error":"Invalid or missing API key"}'
+    assert response.headers["content-type"] == "application/json"
+
+
+async def test_revoked_key_stops_within_the_refresh_bound(store, clock):
+    """A key revoked while the app runs is refused within key_refresh (here 0.05 s)."""
+    key, secret = await new_key(store, clock)
+    app = starlette_app(store, clock, key_refresh=0.05, flush_interval=0.02)
+    async with serve(app) as client:
+        assert (await client.get("/hello", headers=bearer(secret))).status_code == 200
+        # revoke through a second connection, as the CLI in another process would
+        async with SQLiteStorage(store.url) as other:
+            await other.update_key(key.id, revoked_at=clock())
+        for _ in range(100):
+            if (await client.get("/hello", headers=bearer(secret))).status_code == 401:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the revoked key still works after 1 s")
+
+
+async def test_cached_key_costs_no_storage_read(store, clock):
+    """Once resolved, a key is served from the cache: find_key runs once for many calls."""
+    _, secret = await new_key(store, clock, tier="enterprise")
+    calls = 0
+    original = store.find_key
+
+    async def counting(*args, **kwargs):
+        nonlocal calls
+        calls += 1
+        return await original(*args, **kwargs)
+
+    store.find_key = counting
+    async with serve(starlette_app(store, clock)) as client:
+        for _ in range(20):
+            assert (await client.get("/hello", headers=bearer(secret))).status_code == 200
+    assert calls == 1
+
+
+async def test_expiry_takes_effect_without_waiting_for_a_poll(store, clock):
+    """A key whose expiry passes is refused on the next request."""
+    _, secret = await new_key(store, clock, expires_at=clock() + 60)
+    async with serve(starlette_app(store, clock)) as client:
+        assert (await client.get("/hello", headers=bearer(secret))).status_code == 200
+        clock.advance(60)
+        assert (await client.get("/hello", headers=bearer(secret))).status_code == 401
+
+
+async def test_rotation_grace_period(store, clock):
+    """After rotate with a grace period both secrets work; after it, only the new one."""
+    key, old = await new_key(store, clock)
+    new = await rotate_key(store, SecretHasher(), key.id, now=clock(), grace=30)
+    assert new is not None and new != old
+    async with serve(starlette_app(store, clock)) as client:
+        assert (await client.get("/hello", headers=bearer(old))).status_code == 200
+        assert (await client.get("/hello", headers=bearer(new))).status_code == 200
+        clock.advance(31)
+        assert (await client.get("/hello", headers=bearer(old))).status_code == 401
+        assert (await client.get("/hello", headers=bearer(new))).status_code == 200
+
+
+async def test_site_access_key_on_another_site_is_forbidden(store, clock):
+    """A site_access key gets 403 on another website's route and 200 on its own."""
+    _, secret = await new_key(store, clock, permission="site_access", website_id="site_1")
+    _, full = await new_key(store, clock, name="full")
+    async with serve(starlette_app(store, clock)) as client:
+        own = await client.get("/sites/site_1/stats", headers=bearer(secret))
+        other = await client.get("/sites/site_2/stats", headers=bearer(secret))
+        anywhere = await client.get("/sites/site_2/stats", headers=bearer(full))
+        unscoped = await client.get("/hello", headers=bearer(secret))
+    assert own.status_code == 200
+    assert other.status_code == 403
+    assert other.json()["error"]["code"] == "FORBIDDEN"
+    assert "x-ratelimit-limit" in other.headers
+    assert anywhere.status_code == 200
+    assert unscoped.status_code == 200
+
+
+async def test_site_param_name_is_configurable(store, clock):
+    """website_param names the path parameter a site_access key is checked against."""
+    _, secret = await new_key(store, clock, permission="site_access", website_id="s1")
+    routes = [Route("/p/{project}", ROUTES[0].endpoint)]
+    app = starlette_app(store, clock, routes=routes, website_param="project")
+    async with serve(app) as client:
+        assert (await client.get("/p/s1", headers=bearer(secret))).status_code == 200
+        assert (await client.get("/p/s2", headers=bearer(secret))).status_code == 403
+
+
+async def test_site_check_inside_mounted_sub_app(store, clock):
+    """The site check sees path parameters of routes inside a Mount."""
+    _, secret = await new_key(store, clock, permission="site_access", website_id="s1")
+    inner = Starlette(routes=[Route("/{website_id}/stats", ROUTES[0].endpoint)])
+    app = starlette_app(store, clock, routes=[Mount("/sites", app=inner)])
+    async with serve(app) as client:
+        assert (await client.get("/sites/s1/stats", headers=bearer(secret))).status_code == 200
+        assert (await client.get("/sites/s2/stats", headers=bearer(secret))).status_code == 403
+
+
+async def test_exempt_paths_are_not_authenticated(store, clock):
+    """Exempt paths pass without a key and are not counted."""
+    app = starlette_app(store, clock)
+    async with serve(app) as client:
+        assert (await client.get("/health")).status_code == 200
+        assert (await client.get("/hello")).status_code == 401
+    app = starlette_app(store, clock, exempt_paths=["/hello"])
+    async with serve(app) as client:
+        assert (await client.get("/hello")).status_code == 200
+        assert (await client.get("/health")).status_code == 401
+
+
+async def test_custom_key_headers_and_no_bearer(store, clock):
+    """key_headers and bearer=False change where the key is read."""
+    _, secret = await new_key(store, clock)
+    app = starlette_app(store, clock, key_headers=["X-Token"], bearer=False)
+    async with serve(app) as client:
+        assert (await client.get("/hello", headers={"X-Token": secret})).status_code == 200
+        assert (await client.get("/hello", headers=bearer(secret))).status_code == 401
+        assert (await client.get("/hello", headers={"X-API-Key": secret})).status_code == 401
+
+
+async def test_host_resolver(clock):
+    """A host resolver replaces the store's keys; its callers reach the handler."""
+
+    async def resolve(secret: str) -> Caller | None:
+        if secret == "let-me-in":
+            return Caller(account_id="acct_9", key_id=None, name="Acme", tier="scale")
+        return None
+
+    app = starlette_app("memory://", clock, resolver=resolve)
+    async with serve(app) as client:
+        ok = await client.get("/whoami", headers={"X-API-Key": "let-me-in"})
+        no = await client.get("/whoami", headers={"X-API-Key": "nope"})
+    assert ok.json() == {"key": None, "account": "acct_9", "tier": "scale"}
+    assert no.status_code == 401
+
+
+async def test_pepper_changes_the_stored_hash(tmp_path, clock):
+    """With a pepper, a key created under another pepper does not resolve."""
+    async with SQLiteStorage(f"sqlite:///{tmp_path}/p.db") as store:
+        from meterware.keys import create_key
+
+        _, secret = await create_key(
+            store, SecretHasher(pepper="one"), name="k", account_id="a", now=clock()
+        )
+        async with serve(starlette_app(store, clock, pepper="one")) as client:
+            assert (await client.get("/hello", headers=bearer(secret))).status_code == 200
+        async with serve(starlette_app(store, clock, pepper="two")) as client:
+            assert (await client.get("/hello", headers=bearer(secret))).status_code == 401
+
+
+async def test_non_http_scopes_pass_through(clock):
+    """Websocket and other non-HTTP scopes reach the app untouched."""
+    seen = []
+
+    async def inner(scope, receive, send):
+        seen.append(scope["type"])
+
+    middleware = MeterwareMiddleware(inner, storage="memory://", clock=clock)
+    await middleware({"type": "websocket", "path": "/ws", "headers": []}, None, None)
+    assert seen == ["websocket"]
+
+
+async def test_works_without_lifespan(store, clock):
+    """Without lifespan events the middleware starts on the first request."""
+    _, secret = await new_key(store, clock)
+    app = starlette_app(store, clock)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        assert (await client.get("/hello", headers=bearer(secret))).status_code == 200
+    await middleware_of(app).stop()
+
+
+async def test_request_state_carries_the_caller(store, clock):
+    """Handlers read the caller from request.state.meterware."""
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+
+    async def handler(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(request.state.meterware.name)
+
+    _, secret = await new_key(store, clock, name="My Key")
+    app = starlette_app(store, clock, routes=[Route("/me", handler)])
+    async with serve(app) as client:
+        assert (await client.get("/me", headers=bearer(secret))).text == "My Key"
+
+
+async def test_startup_fails_on_unknown_stored_tier(store, clock):
+    """A stored key whose tier the table does not know fails startup with a clear message."""
+    await new_key(store, clock, tier="gold")
+    app = starlette_app(store, clock)
+    with pytest.raises(ConfigurationError, match="gold"):
+        async with serve(app):
+            pass
+
+
+async def test_secret_never_in_sqlite_files(tmp_path, clock):
+    """After real traffic, the secret appears in no file of the SQLite store (WAL included)."""
+    store = SQLiteStorage(f"sqlite:///{tmp_path}/s.db")
+    await store.open()
+    _, secret = await new_key(store, clock)
+    async with serve(starlette_app(store, clock)) as client:
+        for _ in range(3):
+            await client.get("/hello", headers=bearer(secret))
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.is_file())
+    await store.close()
+    assert secret.encode() not in raw
+    assert secret[3:].encode() not in raw
+    assert SecretHasher().hash(secret).encode() in raw
