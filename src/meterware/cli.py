@@ -103,7 +103,7 @@ async def _list(args: argparse.Namespace, store: Storage, now: float) -> Output:
 
 async def _show(args: argparse.Namespace, store: Storage, now: float) -> Output:
     key = await _get(store, args.id)
-    limits = TierTable().limits_for(Caller.from_key(key))
+    limits = TierTable.from_env().limits_for(Caller.from_key(key))
     status = await quota_status(
         store,
         subject=key.id,
@@ -158,7 +158,7 @@ async def _rotate(args: argparse.Namespace, store: Storage, now: float) -> Outpu
 
 
 def _tiers() -> Output:
-    table = TierTable()
+    table = TierTable.from_env()
     tiers = [dataclasses.asdict(t) for t in table]
     header = ["TIER", "MONTHLY REQUESTS", "PER MINUTE", "MONTHLY CREDITS"]
     rows = [
@@ -312,7 +312,7 @@ def _id(text: str) -> str:
 
 _count_arg = _number(int, 0, 2**62, "an integer >= 0")
 _id_arg = _checked(_id, "id")
-_tier_arg = _checked(lambda text: TierTable().check(text), "tier")
+_tier_arg = _checked(lambda text: TierTable.from_env().check(text), "tier")
 _prefix_arg = _checked(lambda text: SecretHasher(prefix=text).prefix, "key prefix")
 
 

@@ -304,8 +304,11 @@ async def rotate_key(
     """Give a key a new secret; the old one keeps working for `grace` seconds."""
     if grace < 0:
         raise ValueError("grace must be >= 0 seconds")
-    if await store.get_key(key_id) is None:
+    key = await store.get_key(key_id)
+    if key is None:
         return None
+    if not key.active(now):
+        raise ValueError(f"key {key_id} is revoked or expired: create a new key instead")
     secret = hasher.new_secret()
     await store.add_secret(key_id, hasher.hash(secret), retire_old_at=now + grace)
     return secret
@@ -328,6 +331,8 @@ def _check_key_fields(
         raise ValueError("an account id must be 1-128 characters of A-Za-z0-9_.:-")
     if permission not in PERMISSIONS:
         raise ValueError(f"permission must be one of {', '.join(PERMISSIONS)}")
+    if website_id is not None and not valid_id(website_id):
+        raise ValueError("a website id must be 1-128 characters of A-Za-z0-9_.:-")
     if permission == "site_access" and not website_id:
         raise ValueError("a site_access key needs a website id")
     if permission == "full_access" and website_id:

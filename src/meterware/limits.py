@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meterware.clock import Clock, MonthPeriod, month_period, system_clock
-from meterware.errors import ConfigurationError
+from meterware.errors import ConfigurationError, StorageUnavailable
 from meterware.storage.base import Storage
 
 __all__ = [
@@ -113,7 +113,9 @@ class SharedWindows:
 
     local = False
 
-    def __init__(self, uri: str, clock: Clock = system_clock, window: int = WINDOW) -> None:
+    def __init__(
+        self, uri: str, clock: Clock = system_clock, window: int = WINDOW, *, fail_open: bool = True
+    ) -> None:
         from limits.aio.storage import Storage as LimitsAsyncStorage
         from limits.errors import ConfigurationError as LimitsConfigurationError
         from limits.storage import storage_from_string
@@ -132,6 +134,7 @@ class SharedWindows:
         self.window = window
         self._resets: dict[str, float] = {}
         self._failing = False
+        self.fail_open = fail_open
 
     def __len__(self) -> int:
         return len(self._resets)
@@ -151,7 +154,10 @@ class SharedWindows:
         except Exception as exc:
             if not self._failing:
                 self._failing = True
-                log.warning("rate limit storage failed, admitting requests: %s", exc)
+                what = "admitting requests" if self.fail_open else "refusing requests"
+                log.warning("rate limit storage failed, %s: %s", what, exc)
+            if not self.fail_open:
+                raise StorageUnavailable(f"rate limit storage: {exc}") from exc
             return MinuteResult(True, limit, limit, now + self.window)
         if self._failing:
             self._failing = False
@@ -173,11 +179,13 @@ class SharedWindows:
         self._resets.clear()
 
 
-def windows_from(uri: str | None, clock: Clock) -> LocalWindows | SharedWindows:
+def windows_from(
+    uri: str | None, clock: Clock, *, fail_open: bool = True
+) -> LocalWindows | SharedWindows:
     """The per-minute limiter for a `rate_limit_storage` setting (None: in process)."""
     if uri is None or uri in ("", "memory://", "local://"):
         return LocalWindows(clock)
-    return SharedWindows(uri, clock)
+    return SharedWindows(uri, clock, fail_open=fail_open)
 
 
 class PeriodCache:

@@ -86,6 +86,7 @@ class MeterwareMiddleware:
         max_pending: int = 100_000,
         quota_block: int = 32,
         lease_idle: float = 2.0,
+        fail_open: bool | Collection[str] = ("rate_limit",),
         clock: Clock = system_clock,
     ) -> None:
         self.app = app
@@ -114,7 +115,11 @@ class MeterwareMiddleware:
         self.rate_limit_by = rate_limit_by
         if rate_limit_storage is None:
             rate_limit_storage = os.environ.get("METERWARE_RATE_LIMIT_STORAGE") or None
-        self.windows = windows_from(rate_limit_storage, clock)
+        self.fail_open = _concerns(fail_open)
+        self._outages: set[str] = set()
+        self.windows = windows_from(
+            rate_limit_storage, clock, fail_open="rate_limit" in self.fail_open
+        )
         self.header_families = responses.check_header_families(rate_limit_headers)
         self.costs = RouteCosts(default_cost)
         self.charge_rule = _charge_rule(charge)
@@ -178,7 +183,10 @@ class MeterwareMiddleware:
         # 4. per-minute limit
         minute = None
         if limits.per_minute is not None:
-            minute = await self.windows.hit(self._minute_subject(caller), limits.per_minute)
+            try:
+                minute = await self.windows.hit(self._minute_subject(caller), limits.per_minute)
+            except StorageError as exc:  # the shared windows failed and fail closed
+                return await self._unavailable(scope, send, exc)
             if not minute.allowed:
                 headers = self._headers(caller, limits, minute, now)
                 headers.append((b"retry-after", retry_after(minute.reset_at - now)))
@@ -195,21 +203,26 @@ class MeterwareMiddleware:
         # 6. monthly quota, then monthly credits
         period = self.periods.get(now, limits.anchor_day).id
         subject = self.quota_subject(caller)
+        requests = requests_counter(subject)
         credits = route.cost.credits
+        held = 0
         try:
-            if not await self.quota.take(
-                requests_counter(subject), period, 1, limits.monthly_requests
-            ):
+            took = await self._take("quota", requests, period, 1, limits.monthly_requests)
+            if took is False:
                 headers = self._headers(caller, limits, minute, now)
                 reset = self.periods.get(now, limits.anchor_day).end
                 headers.append((b"retry-after", retry_after(reset - now)))
                 return await self._refuse(send, responses.QUOTA_EXCEEDED, now, headers)
-            if credits and not await self.quota.take(
-                credits_counter(subject), period, credits, limits.monthly_credits
-            ):
-                self.quota.give_back(requests_counter(subject), period, 1)
-                headers = self._headers(caller, limits, minute, now)
-                return await self._refuse(send, responses.INSUFFICIENT_CREDITS, now, headers)
+            if credits:
+                got = await self._take(
+                    "credits", credits_counter(subject), period, credits, limits.monthly_credits
+                )
+                if got is False:
+                    if took:
+                        self.quota.give_back(requests, period, 1)
+                    headers = self._headers(caller, limits, minute, now)
+                    return await self._refuse(send, responses.INSUFFICIENT_CREDITS, now, headers)
+                held = credits if got else 0
         except StorageError as exc:
             return await self._unavailable(scope, send, exc)
 
@@ -240,7 +253,7 @@ class MeterwareMiddleware:
             succeeded = True
         finally:
             charged = succeeded and bool(status) and not disconnected and self.charge_rule(status)
-            await self._settle(call, subject, period, credits, charged)
+            await self._settle(call, subject, period, held, charged)
 
     async def _settle(
         self, call: Call, subject: str, period: str, taken: int, charged: bool
@@ -261,6 +274,26 @@ class MeterwareMiddleware:
             self.meter.charge(call.caller.account_id, call.caller.key_id, cost, final, self.clock())
 
     # -- helpers of the request path ---------------------------------------------------
+
+    async def _take(
+        self, concern: str, counter: str, period: str, amount: int, limit: int | None
+    ) -> bool | None:
+        """Take quota units: True or False as the store says; None when the store failed
+        and this concern fails open (the request passes uncounted)."""
+        try:
+            taken = await self.quota.take(counter, period, amount, limit)
+        except StorageError as exc:
+            if concern not in self.fail_open:
+                raise
+            if concern not in self._outages:
+                self._outages.add(concern)
+                log.warning(
+                    "storage failed: admitting requests without %s checks: %s", concern, exc
+                )
+            return None
+        if self._outages:
+            self._outages.discard(concern)
+        return taken
 
     def _routes(self, scope: Scope) -> Any:
         return getattr(scope.get("app"), "routes", None) or getattr(self.app, "routes", None)
@@ -438,6 +471,20 @@ def _known(tiers: TierTable, name: str) -> bool:
     except ConfigurationError:
         return False
     return True
+
+
+CONCERNS = ("rate_limit", "quota", "credits")
+
+
+def _concerns(fail_open: bool | Collection[str]) -> frozenset[str]:
+    if fail_open is True:
+        return frozenset(CONCERNS)
+    if fail_open is False:
+        return frozenset()
+    concerns = frozenset(fail_open)
+    if not concerns <= set(CONCERNS):
+        raise ConfigurationError(f"fail_open takes True, False or some of {CONCERNS}")
+    return concerns
 
 
 def _charge_rule(charge: Collection[int] | ChargeRule | None) -> ChargeRule:

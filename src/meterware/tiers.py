@@ -7,8 +7,11 @@ was given.
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 from meterware.errors import ConfigurationError
 from meterware.keys import Caller
@@ -73,7 +76,7 @@ class TierTable:
     def coerce(cls, value: TierTable | Mapping[str, Mapping[str, int | None]] | None) -> TierTable:
         """A table from a `TierTable`, a `{name: {"monthly_requests": …, …}}` mapping or `None`."""
         if value is None:
-            return cls()
+            return cls.from_env()
         if isinstance(value, TierTable):
             return value
         try:
@@ -82,6 +85,23 @@ class TierTable:
             raise ConfigurationError(f"bad tier table: {exc}") from None
         names = {tier.name.lower() for tier in tiers}
         return cls(tiers, aliases={k: v for k, v in LEGACY_TIERS.items() if v in names})
+
+    @classmethod
+    def from_env(cls, variable: str = "METERWARE_TIERS") -> TierTable:
+        """The table from `METERWARE_TIERS` (JSON, or the path of a JSON file), else the
+        default. The JSON maps tier names to `{"monthly_requests", "per_minute",
+        "monthly_credits"}`; the middleware and the CLI both read it."""
+        raw = os.environ.get(variable, "").strip()
+        if not raw:
+            return cls()
+        try:
+            text = raw if raw.startswith("{") else Path(raw).read_text()
+            value = json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise ConfigurationError(f"{variable}: not a JSON tier table: {exc}") from None
+        if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+            raise ConfigurationError(f"{variable} must map tier names to objects of limits")
+        return cls.coerce(value)
 
     def __iter__(self) -> Iterator[Tier]:
         return iter(self._tiers.values())
