@@ -271,3 +271,18 @@ async def test_total_requests_outlives_the_month(store, clock):
     assert usage["monthly_requests"] == 1
     assert usage["total_requests"] == 5
     assert usage["monthly_reset_at"] == "2026-03-01T00:00:00.000Z"
+
+
+async def test_mounted_usage_app_keeps_its_own_format(store, clock):
+    """A UsageApp('credits') mounted by the host answers in its format, not the default."""
+    from starlette.routing import Mount
+
+    from meterware import UsageApp
+    from tests.utils import ROUTES
+
+    _, secret = await new_key(store, clock)
+    routes = [*ROUTES, Mount("/report", app=UsageApp("credits"))]
+    async with serve(starlette_app(store, clock, routes=routes)) as client:
+        report = (await client.get("/report/?days=1", headers=bearer(secret))).json()
+    assert report["period"]["days"] == 1
+    assert list(report) == ["period", "key", "summary", "daily"]

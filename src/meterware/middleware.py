@@ -198,7 +198,8 @@ class MeterwareMiddleware:
         scope.setdefault("state", {})["meterware"] = caller
         if is_usage:
             call.headers = self._headers(caller, limits, minute, now)
-            return await self.usage_app(scope, receive, send)
+            usage_app = route.endpoint if isinstance(route.endpoint, UsageApp) else self.usage_app
+            return await usage_app(scope, receive, send)
 
         # 6. monthly quota, then monthly credits
         period = self.periods.get(now, limits.anchor_day).id
