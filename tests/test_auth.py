@@ -14,7 +14,7 @@ from starlette.routing import Mount, Route
 from meterware import Caller, ConfigurationError, MeterwareMiddleware, SecretHasher
 from meterware.keys import rotate_key
 from meterware.storage.sqlite import SQLiteStorage
-from tests.utils import FakeClock, ROUTES, bearer, middleware_of, new_key, serve, starlette_app
+from tests.utils import ROUTES, FakeClock, bearer, middleware_of, new_key, serve, starlette_app
 
 
 @pytest.fixture
@@ -34,7 +34,11 @@ async def test_key_from_x_api_key_and_bearer(store, clock):
     """A key is accepted from X-API-Key and from Authorization: Bearer."""
     key, secret = await new_key(store, clock)
     async with serve(starlette_app(store, clock)) as client:
-        for headers in ({"X-API-Key": secret}, bearer(secret), {"authorization": f"bearer {secret}"}):
+        for headers in (
+            {"X-API-Key": secret},
+            bearer(secret),
+            {"authorization": f"bearer {secret}"},
+        ):
             response = await client.get("/whoami", headers=headers)
             assert response.status_code == 200, headers
             assert response.json() == {"key": key.id, "account": "acct_1", "tier": "free"}

@@ -29,7 +29,9 @@ def load_example(name: str, storage_url: str, monkeypatch: pytest.MonkeyPatch):
     """Import examples/<name>/app.py afresh with METERWARE_STORAGE pointing at storage_url."""
     monkeypatch.setenv("METERWARE_STORAGE", storage_url)
     monkeypatch.delenv("METERWARE_RATE_LIMIT_STORAGE", raising=False)
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / name / "app.py")
+    spec = importlib.util.spec_from_file_location(
+        f"example_{name}", ROOT / "examples" / name / "app.py"
+    )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -94,8 +96,12 @@ async def test_starlette_example_reference_b(tmp_path, monkeypatch):
     _, site_secret = await make_key(url, permission="site_access", website_id="site_1")
     key_id, secret = await make_key(url, tier="professional", name="Production API Key")
     async with serve(app) as client:
-        own = await client.get("/api/external/v1/websites/site_1/stats", headers={"X-API-Key": site_secret})
-        other = await client.get("/api/external/v1/websites/site_2/stats", headers={"X-API-Key": site_secret})
+        own = await client.get(
+            "/api/external/v1/websites/site_1/stats", headers={"X-API-Key": site_secret}
+        )
+        other = await client.get(
+            "/api/external/v1/websites/site_2/stats", headers={"X-API-Key": site_secret}
+        )
         sites = await client.get("/api/external/v1/websites", headers={"X-API-Key": site_secret})
         await client.get("/api/external/v1/websites", headers={"X-API-Key": secret})
         status = (await client.get("/api/external/v1/usage", headers={"X-API-Key": secret})).json()

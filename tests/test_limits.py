@@ -22,8 +22,10 @@ from tests.utils import FakeClock, at, bearer, new_key, serve, starlette_app
 @pytest.fixture(params=[pytest.param("memory", marks=pytest.mark.memory),
                         pytest.param("sqlite", marks=pytest.mark.sqlite)])  # fmt: skip
 async def store(request, tmp_path):
-    store = MemoryStorage() if request.param == "memory" else SQLiteStorage(
-        f"sqlite:///{tmp_path}/limits.db"
+    store = (
+        MemoryStorage()
+        if request.param == "memory"
+        else SQLiteStorage(f"sqlite:///{tmp_path}/limits.db")
     )
     await store.open()
     yield store
@@ -116,7 +118,7 @@ async def test_rate_limit_by_account(store, clock):
 
 async def test_rate_limited_requests_do_not_count_toward_the_month(store, clock):
     """Requests refused with 429 do not use monthly quota."""
-    key, secret = await new_key(store, clock, per_minute=1)
+    _, secret = await new_key(store, clock, per_minute=1)
     async with serve(starlette_app(store, clock, usage_path="/usage")) as client:
         for _ in range(5):
             await client.get("/hello", headers=bearer(secret))

@@ -27,7 +27,9 @@ def clock():
 
 
 def credits_app(store, clock, **options):
-    return starlette_app(store, clock, usage_path="/api/v1/usage", usage_format="credits", **options)
+    return starlette_app(
+        store, clock, usage_path="/api/v1/usage", usage_format="credits", **options
+    )
 
 
 async def test_credits_report_shape(store, clock):
@@ -46,7 +48,11 @@ async def test_credits_report_shape(store, clock):
         "end": "2026-04-12T14:30:00.000Z",
         "days": 30,
     }
-    assert report["key"] == {"id": key.id, "name": "Production Key", "lastUsed": "2026-04-12T14:29:00.000Z"}
+    assert report["key"] == {
+        "id": key.id,
+        "name": "Production Key",
+        "lastUsed": "2026-04-12T14:29:00.000Z",
+    }
     assert report["summary"] == {
         "totalCalls": 2,
         "totalCredits": 60,
@@ -70,7 +76,9 @@ async def test_bad_days_is_a_400(store, clock, raw):
     assert response.content == DAYS_ERROR
 
 
-@pytest.mark.parametrize(("days", "first"), [("1", "2026-04-11"), ("7", "2026-04-05"), ("90", "2026-01-12")])
+@pytest.mark.parametrize(
+    ("days", "first"), [("1", "2026-04-11"), ("7", "2026-04-05"), ("90", "2026-01-12")]
+)
 async def test_days_window(store, clock, days, first):
     """days=N gives N+1 daily entries from midnight of today-N to today."""
     _, secret = await new_key(store, clock)
@@ -126,7 +134,9 @@ async def test_key_id_scoping(store, clock):
         other = await client.get(f"/api/v1/usage?keyId={sibling.id}", headers=bearer(secret))
         own = await client.get("/api/v1/usage", headers=bearer(secret))
         theirs = await client.get(f"/api/v1/usage?keyId={foreign.id}", headers=bearer(secret))
-        missing = await client.get("/api/v1/usage?keyId=key_0000000000000000", headers=bearer(secret))
+        missing = await client.get(
+            "/api/v1/usage?keyId=key_0000000000000000", headers=bearer(secret)
+        )
         bad = await client.get("/api/v1/usage?keyId=%20drop%20table", headers=bearer(secret))
     assert other.json()["key"]["id"] == sibling.id
     assert other.json()["key"]["name"] == "Staging Key"
@@ -142,7 +152,7 @@ async def test_key_id_scoping(store, clock):
 
 async def test_account_principal_gets_the_whole_account(store, clock):
     """A caller that is an account (host resolver) sees all its keys and no `key` object."""
-    one, s1 = await new_key(store, clock)
+    _, s1 = await new_key(store, clock)
     two, s2 = await new_key(store, clock, name="two")
     async with serve(credits_app(store, clock)) as client:
         await client.post("/image", headers=bearer(s1))
@@ -239,7 +249,7 @@ async def test_quota_status_shape(store, clock):
 
 async def test_quota_site_key_and_errors(store, clock):
     """A site_access key reports its website_id; errors use reference B's envelope."""
-    key, secret = await new_key(store, clock, permission="site_access", website_id="site_9")
+    _, secret = await new_key(store, clock, permission="site_access", website_id="site_9")
     app = starlette_app(store, clock, usage_path="/u", usage_format="quota")
     async with serve(app) as client:
         ok = (await client.get("/u", headers=bearer(secret))).json()

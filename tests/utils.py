@@ -83,7 +83,9 @@ ROUTES = [
 ]
 
 
-def starlette_app(store: Storage, clock: FakeClock, routes: Any = None, **options: Any) -> Starlette:
+def starlette_app(
+    store: Storage, clock: FakeClock, routes: Any = None, **options: Any
+) -> Starlette:
     app = Starlette(routes=ROUTES if routes is None else routes)
     app.add_middleware(MeterwareMiddleware, storage=store, clock=clock, **options)
     app.middleware_stack = app.build_middleware_stack()  # options are checked now

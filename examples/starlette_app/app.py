@@ -51,8 +51,6 @@ app = Starlette(
         Route("/health", health),
     ],
     middleware=[
-        Middleware(
-            MeterwareMiddleware, usage_path="/api/external/v1/usage", usage_format="quota"
-        )
+        Middleware(MeterwareMiddleware, usage_path="/api/external/v1/usage", usage_format="quota")
     ],
 )

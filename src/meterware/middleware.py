@@ -38,6 +38,7 @@ from meterware.limits import (
     windows_from,
 )
 from meterware.metering import SCOPE_KEY, Call, Meter, RouteCosts
+from meterware.openapi import document_openapi
 from meterware.responses import Refusal, retry_after
 from meterware.storage import Storage, storage_from_url
 from meterware.tiers import Limits, TierTable
@@ -100,7 +101,9 @@ class MeterwareMiddleware:
             prefix=key_prefix,
             pepper=pepper if pepper is not None else os.environ.get("METERWARE_PEPPER"),
         )
-        self.extract = KeyExtractor(key_headers, bearer=bearer)
+        self.key_headers = tuple(key_headers)
+        self.bearer = bearer
+        self.extract = KeyExtractor(self.key_headers, bearer=bearer)
         self.key_cache = (
             None if resolver is not None else StoreResolver(self.store, self.hasher, clock)
         )
@@ -142,10 +145,13 @@ class MeterwareMiddleware:
         self._starting: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
         self._known_labels: dict[str, str] = {}
+        self._documented = False
 
     # -- the request path --------------------------------------------------------------
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if not self._documented:
+            self._document(scope.get("app"))
         if scope["type"] == "lifespan":
             return await self._lifespan(scope, receive, send)
         if scope["type"] != "http" or scope["path"] in self.exempt:
@@ -359,6 +365,21 @@ class MeterwareMiddleware:
         log.warning("storage unavailable for %s %s: %s", scope["method"], scope["path"], exc)
         now = self.clock()
         await self._refuse(send, responses.STORAGE_UNAVAILABLE, now, [(b"retry-after", b"5")])
+
+    def _document(self, app: Any) -> None:
+        """Add meterware's security schemes, responses and usage endpoint to a FastAPI
+        app's OpenAPI schema (nothing for other apps)."""
+        self._documented = True
+        document_openapi(
+            app,
+            usage_path=self.usage_path,
+            usage_format=self.usage_app.format,
+            envelope=self.envelope,
+            exempt_paths=self.exempt,
+            key_headers=self.key_headers,
+            bearer=self.bearer,
+            default_cost=self.costs.default,
+        )
 
     async def labels(self) -> dict[str, str]:
         """Action labels: those recorded in storage, overridden by the routes' current ones."""

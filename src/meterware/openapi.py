@@ -1,0 +1,297 @@
+"""Document meterware in a FastAPI app's OpenAPI schema (what `/openapi.json` and `/docs` show).
+
+`document_openapi(app, ...)` wraps `app.openapi` so that the schema FastAPI generates
+(and caches in `app.openapi_schema`) also describes what the middleware adds:
+
+- `components.securitySchemes`: an `apiKey` scheme per key header and, with `bearer`, an
+  HTTP bearer scheme; every operation outside the exempt paths lists them as alternatives
+  (so the Authorize button of `/docs` can send a key);
+- on those operations, meterware's own answers: 401, 429 (with the rate-limit headers)
+  and, where the endpoint declares a `@cost` of credits, 402 and an `x-credit-cost`
+  extension `{"credits", "action", "label"}`; bodies follow the configured envelope
+  (`components.schemas.MeterwareError`); responses the host declared are kept;
+- the usage endpoint at `usage_path`: `CreditsReport` (reference A) or `QuotaStatus`
+  (reference B).
+
+Apps without `openapi`/`openapi_schema` (plain Starlette) are left alone. FastAPI itself
+is never imported.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Collection, Sequence
+from functools import partial
+from typing import Any
+
+from meterware.metering import Cost, _declared
+
+__all__ = ["document_openapi"]
+
+log = logging.getLogger("meterware")
+
+METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+
+
+def document_openapi(
+    app: Any,
+    *,
+    usage_path: str | None,
+    usage_format: str,
+    envelope: str,
+    exempt_paths: Collection[str],
+    key_headers: Sequence[str],
+    bearer: bool,
+    default_cost: int = 0,
+) -> bool:
+    """Make `app.openapi()` document meterware; False (and nothing done) if `app` is not
+    a FastAPI app. Calling it again is harmless."""
+    current = getattr(app, "openapi", None)
+    if not callable(current) or not hasattr(app, "openapi_schema"):
+        return False
+    if not isinstance(current, _DocumentedOpenAPI):
+        complete = partial(
+            _complete,
+            app=app,
+            usage_path=usage_path,
+            usage_format=usage_format,
+            envelope=envelope,
+            exempt=frozenset(exempt_paths),
+            key_headers=tuple(key_headers),
+            bearer=bearer,
+            default_cost=default_cost,
+        )
+        app.openapi = _DocumentedOpenAPI(current, complete)
+    return True
+
+
+class _DocumentedOpenAPI:
+    """`app.openapi`, replaced: FastAPI's schema (which FastAPI caches), completed once."""
+
+    def __init__(self, original: Callable[[], Any], complete: Callable[..., None]) -> None:
+        self.original, self.complete = original, complete
+        self.done: object = None  # the schema object last completed
+
+    def __call__(self) -> dict[str, Any]:
+        schema: dict[str, Any] = self.original()
+        if schema is not self.done:
+            try:
+                self.complete(schema)
+            except Exception:  # never break the host's /docs
+                log.exception("meterware could not document the OpenAPI schema")
+            self.done = schema
+        return schema
+
+
+def _complete(
+    schema: dict[str, Any],
+    *,
+    app: Any,
+    usage_path: str | None,
+    usage_format: str,
+    envelope: str,
+    exempt: frozenset[str],
+    key_headers: tuple[str, ...],
+    bearer: bool,
+    default_cost: int,
+) -> None:
+    components = schema.setdefault("components", {})
+    ours = _add_schemes(components.setdefault("securitySchemes", {}), key_headers, bearer)
+    schemas = components.setdefault("schemas", {})
+    schemas.setdefault("MeterwareError", _error_schema(envelope))
+    paths = schema.setdefault("paths", {})
+    if usage_path and usage_path not in paths:
+        paths[usage_path] = {"get": _usage_operation(usage_format, schemas)}
+    for path, item in paths.items():
+        if path in exempt:
+            continue
+        for method, operation in item.items():
+            if method not in METHODS:
+                continue
+            _secure(operation, ours)
+            responses = operation.setdefault("responses", {})
+            responses.setdefault("401", _error("Invalid or missing API key (`UNAUTHORIZED`)."))
+            responses.setdefault("429", _too_many())
+            cost = _cost_of(app, path, method.upper(), default_cost)
+            if cost is not None and cost.credits > 0:
+                operation.setdefault(
+                    "x-credit-cost",
+                    {"credits": cost.credits, "action": cost.action, "label": cost.label},
+                )
+                responses.setdefault(
+                    "402", _error("Monthly credit allowance exceeded (`INSUFFICIENT_CREDITS`).")
+                )
+            operation["responses"] = dict(sorted(responses.items()))
+
+
+def _add_schemes(schemes: dict[str, Any], key_headers: Sequence[str], bearer: bool) -> list[str]:
+    """Declare a scheme per key header (and bearer); their names, in order."""
+    names = []
+    for header in key_headers:
+        name = _display(header)
+        scheme_id = re.sub(r"[^A-Za-z0-9._-]", "_", name)
+        scheme = {"type": "apiKey", "in": "header", "name": name, "description": "API key."}
+        schemes.setdefault(scheme_id, scheme)
+        names.append(scheme_id)
+    if bearer:
+        scheme = {"type": "http", "scheme": "bearer", "description": "API key as a bearer token."}
+        schemes.setdefault("BearerAuth", scheme)
+        names.append("BearerAuth")
+    return names
+
+
+def _display(header: str) -> str:
+    """`x-api-key` -> `X-API-Key`; a name given with capitals is kept as given."""
+    if header != header.lower():
+        return header
+    parts = header.split("-")
+    return "-".join(p.upper() if p in ("api", "id") else p.capitalize() for p in parts)
+
+
+def _secure(operation: dict[str, Any], ours: list[str]) -> None:
+    """Require one of our schemes, in addition to whatever the host already requires."""
+    if not ours:
+        return
+    existing = operation.get("security") or [{}]
+    if all(any(name in requirement for name in ours) for requirement in existing):
+        return
+    operation["security"] = [{**req, name: []} for req in existing for name in ours]
+
+
+def _cost_of(app: Any, path: str, method: str, default_cost: int) -> Cost | None:
+    """The cost declared on the route serving `method path` (the default where none is)."""
+    for route in getattr(app, "routes", None) or ():
+        paths = {getattr(route, "path", None), getattr(route, "path_format", None)}
+        if path in paths and method in (getattr(route, "methods", None) or ()):
+            endpoint = getattr(route, "endpoint", None)
+            found = _declared(endpoint, method) if endpoint is not None else None
+            if found is not None or default_cost <= 0:
+                return found
+            name = getattr(endpoint, "__name__", None) or path
+            return Cost(default_cost, name, name)
+    return None
+
+
+def _error(description: str) -> dict[str, Any]:
+    schema = {"$ref": "#/components/schemas/MeterwareError"}
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _too_many() -> dict[str, Any]:
+    def header(description: str, kind: str = "integer") -> dict[str, Any]:
+        return {"description": description, "schema": {"type": kind}}
+
+    response = _error(
+        "Per-minute rate limit (`RATE_LIMITED`) or monthly request quota (`QUOTA_EXCEEDED`) "
+        "exceeded."
+    )
+    response["headers"] = {
+        "Retry-After": header("Seconds to wait before retrying."),
+        "X-RateLimit-Limit": header("Requests allowed per minute."),
+        "X-RateLimit-Remaining": header("Requests left in the current minute."),
+        "X-RateLimit-Reset": header("When the minute window resets (epoch seconds)."),
+        "RateLimit": header("IETF RateLimit: remaining requests and seconds to reset.", "string"),
+        "RateLimit-Policy": header("IETF RateLimit-Policy: the quotas in force.", "string"),
+    }
+    return response
+
+
+def _error_schema(envelope: str) -> dict[str, Any]:
+    if envelope == "flat":
+        return _obj({"error": "str"})
+    error = _obj({"message": "str", "code": "str", "timestamp": "time"})
+    return _obj({"success": {"type": "boolean", "const": False}, "error": error})
+
+
+def _usage_operation(usage_format: str, schemas: dict[str, Any]) -> dict[str, Any]:
+    bad = "Invalid query parameter (`BAD_REQUEST`)."
+    operation: dict[str, Any] = {"tags": ["usage"], "operationId": "meterware_usage"}
+    if usage_format == "credits":
+        schemas.setdefault("CreditsReport", _credits_report())
+        operation["summary"] = "Credit usage report"
+        operation["description"] = (
+            "Calls and credits by endpoint and by day over the last `days` days, for the "
+            "calling key, or another key of the same account (`keyId`)."
+        )
+        operation["parameters"] = [
+            _query("days", {"type": "integer", "minimum": 1, "maximum": 90, "default": 30}),
+            _query("keyId", _kind("str")),
+        ]
+        ok = "CreditsReport"
+        errors = {"400": _error(bad), "404": _error("Unknown key (`NOT_FOUND`).")}
+    else:
+        schemas.setdefault("QuotaStatus", _quota_status())
+        operation["summary"] = "Quota status"
+        operation["description"] = "This key's monthly requests, limits, reset time and tier."
+        ok = "QuotaStatus"
+        errors = {"400": _error(bad)}
+    content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{ok}"}}}
+    operation["responses"] = {"200": {"description": "Usage.", "content": content}, **errors}
+    return operation
+
+
+def _query(name: str, schema: dict[str, Any]) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema}
+
+
+KINDS: dict[str, dict[str, Any]] = {
+    "str": {"type": "string"},
+    "int": {"type": "integer", "minimum": 0},
+    "time": {"type": "string", "format": "date-time"},
+    "date": {"type": "string", "format": "date"},
+}
+
+
+def _kind(short: str) -> dict[str, Any]:
+    """A fresh schema for a shorthand: `str`, `int`, `time`, `date`; `?` adds null."""
+    schema = dict(KINDS[short.rstrip("?")])
+    if short.endswith("?"):
+        schema["type"] = [schema["type"], "null"]
+    return schema
+
+
+def _obj(properties: dict[str, Any], optional: Sequence[str] = ()) -> dict[str, Any]:
+    """An object schema (shorthands expanded); every property is required but `optional`."""
+    expanded = {k: _kind(v) if isinstance(v, str) else v for k, v in properties.items()}
+    required = [name for name in properties if name not in optional]
+    return {"type": "object", "required": required, "properties": expanded}
+
+
+def _credits_report() -> dict[str, Any]:
+    days = {"type": "integer", "minimum": 1, "maximum": 90}
+    counts = _obj({"calls": "int", "credits": "int", "label": "str"})
+    by_endpoint = {"type": "object", "additionalProperties": counts}
+    day = _obj({"date": "date", "calls": "int", "credits": "int"})
+    return _obj(
+        {
+            "period": _obj({"start": "time", "end": "time", "days": days}),
+            "key": _obj({"id": "str", "name": "str", "lastUsed": "time?"}),
+            "summary": _obj(
+                {"totalCalls": "int", "totalCredits": "int", "byEndpoint": by_endpoint}
+            ),
+            "daily": {"type": "array", "items": day},
+        },
+        optional=["key"],
+    )
+
+
+def _quota_status() -> dict[str, Any]:
+    permission = {"type": "string", "enum": ["full_access", "site_access"]}
+    api_key = {"id": "str?", "name": "str", "permission": permission, "website_id": "str?"}
+    usage = {
+        "monthly_requests": "int",
+        "monthly_limit": "int?",
+        "monthly_remaining": "int?",
+        "monthly_reset_at": "time",
+        "total_requests": "int",
+    }
+    data = {
+        "api_key": _obj(api_key),
+        "usage": _obj(usage),
+        "rate_limits": _obj({"requests_per_minute": "int?"}),
+        "subscription": _obj({"tier": "str"}),
+    }
+    return _obj(
+        {"success": {"type": "boolean", "const": True}, "data": _obj(data), "timestamp": "time"}
+    )
