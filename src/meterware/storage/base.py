@@ -165,7 +165,12 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def find_key(self, secret_hash: str, now: float) -> ApiKey | None:
-        """The key whose current (or still-in-grace) secret has this hash."""
+        """The key whose current (or still-in-grace) secret has this hash.
+
+        When that secret is being retired (rotation with a grace period), the key comes
+        back with `expires_at` lowered to the secret's retirement time (`retiring`), so
+        a cache of resolved secrets knows when this one stops working.
+        """
 
     @abc.abstractmethod
     async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
@@ -233,6 +238,15 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def labels(self) -> dict[str, str]:
         """The display label last recorded for each action."""
+
+
+def retiring(key: ApiKey, secret_expires_at: float | None) -> ApiKey:
+    """`key` as seen through a secret that stops working at `secret_expires_at`."""
+    if secret_expires_at is None:
+        return key
+    if key.expires_at is not None and key.expires_at <= secret_expires_at:
+        return key
+    return key.with_changes(expires_at=secret_expires_at)
 
 
 def _wrap_errors(method: _F, errors: tuple[type[Exception], ...]) -> _F:

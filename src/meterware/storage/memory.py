@@ -15,6 +15,7 @@ from meterware.storage.base import (
     Storage,
     UsageBatch,
     UsageRow,
+    retiring,
 )
 
 __all__ = ["MemoryStorage"]
@@ -80,7 +81,8 @@ class MemoryStorage(Storage):
         found = self._secrets.get(secret_hash)
         if found is None or (found[1] is not None and found[1] <= now):
             return None
-        return await self.get_key(found[0])
+        key = await self.get_key(found[0])
+        return None if key is None else retiring(key, found[1])
 
     async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
         keys = [await self.get_key(k) for k in self._keys]
@@ -156,11 +158,11 @@ class MemoryStorage(Storage):
     ) -> list[UsageRow]:
         sums: dict[tuple[str, str], list[int]] = {}
         for (aid, kid, action, day), row in self._daily.items():
-            if aid == account_id and (key_id is None or kid == key_id):
-                if first_day <= day <= last_day:
-                    total = sums.setdefault((day, action), [0, 0])
-                    total[0] += row[0]
-                    total[1] += row[1]
+            mine = aid == account_id and (key_id is None or kid == key_id)
+            if mine and first_day <= day <= last_day:
+                total = sums.setdefault((day, action), [0, 0])
+                total[0] += row[0]
+                total[1] += row[1]
         return [UsageRow(d, a, c, cr) for (d, a), (c, cr) in sorted(sums.items())]
 
     async def key_totals(self, key_id: str) -> KeyTotals:

@@ -24,6 +24,7 @@ from meterware.storage.base import (
     Storage,
     UsageBatch,
     UsageRow,
+    retiring,
 )
 
 __all__ = ["SQLiteStorage"]
@@ -115,9 +116,10 @@ class SQLiteStorage(Storage):
         self.path = path_from_url(url)
         self._db: aiosqlite.Connection | None = None
         self._write = asyncio.Lock()
+        self._opening = asyncio.Lock()
 
     def __del__(self) -> None:
-        if self._db is not None:
+        if getattr(self, "_db", None) is not None:  # __init__ may have raised
             warnings.warn(
                 f"{self!r} was never closed: call `await store.close()` or use `async with`",
                 ResourceWarning,
@@ -133,6 +135,11 @@ class SQLiteStorage(Storage):
     async def open(self) -> None:
         if self._db is not None:
             return
+        async with self._opening:  # concurrent calls: one connection, not one each
+            if self._db is None:
+                await self._open()
+
+    async def _open(self) -> None:
         try:
             if self.path != ":memory:":
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -141,7 +148,7 @@ class SQLiteStorage(Storage):
             raise StorageError(f"cannot open {self.path!r}: {exc}") from exc
         try:
             await db.execute("PRAGMA busy_timeout = 10000")
-            await db.execute("PRAGMA journal_mode = WAL")
+            await _use_wal(db)
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
             await self._migrate(db)
@@ -228,11 +235,11 @@ class SQLiteStorage(Storage):
     async def find_key(self, secret_hash: str, now: float) -> ApiKey | None:
         fields = ", ".join(f"k.{f.strip()}" for f in _KEY_FIELDS.split(","))
         row = await self._one(
-            f"SELECT {fields} FROM key_secrets s JOIN keys k ON k.id = s.key_id "
+            f"SELECT {fields}, s.expires_at FROM key_secrets s JOIN keys k ON k.id = s.key_id "
             "WHERE s.hash = ? AND (s.expires_at IS NULL OR s.expires_at > ?)",
             (secret_hash, now),
         )
-        return None if row is None else _key(row)
+        return None if row is None else retiring(_key(row[:-1]), row[-1])
 
     async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
         if account_id is None:
@@ -294,7 +301,8 @@ class SQLiteStorage(Storage):
                 "INSERT INTO counters (subject, period, count, granted) "
                 "VALUES (?1, ?2, min(?3, max(0, ?4)), min(?3, max(0, ?4))) "
                 "ON CONFLICT (subject, period) DO UPDATE SET "
-                "granted = min(?3, max(0, ?4 - count)), count = count + min(?3, max(0, ?4 - count)) "
+                "granted = min(?3, max(0, ?4 - count)), "
+                "count = count + min(?3, max(0, ?4 - count)) "
                 "RETURNING granted, count",
                 (subject, period, want, limit),
             )
@@ -406,6 +414,22 @@ class _Transaction:
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
         await self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+
+
+async def _use_wal(db: aiosqlite.Connection) -> None:
+    """`PRAGMA journal_mode = WAL`, retried while another connection holds the file.
+
+    Switching a new file to WAL takes an exclusive lock, and SQLite answers "database is
+    locked" at once, without the busy handler, when processes open the file together.
+    """
+    for attempt in range(200):  # 10 s, like busy_timeout
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or attempt == 199:
+                raise
+            await asyncio.sleep(0.05)
 
 
 def _statements(script: str) -> list[str]:
