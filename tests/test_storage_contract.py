@@ -810,3 +810,14 @@ class TestStorageFromUrl:
             "assert 'asyncpg' not in sys.modules, 'asyncpg was imported'"
         )
         subprocess.run([sys.executable, "-c", code], check=True)
+
+
+async def test_unreachable_postgres_is_storage_unavailable():
+    """A PostgreSQL server that refuses connections raises StorageUnavailable on open."""
+    pytest.importorskip("asyncpg")
+    from meterware.errors import StorageUnavailable
+
+    store = storage_from_url("postgresql://nobody:secret@127.0.0.1:1/x?connect_timeout=2")
+    with pytest.raises(StorageUnavailable) as info:
+        await store.open()
+    assert "secret" not in str(info.value)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-from meterware.errors import StorageError
+from meterware.errors import StorageError, StorageUnavailable
 from meterware.keys import ApiKey
 
 _F = TypeVar("_F", bound=Callable[..., Coroutine[Any, Any, Any]])
@@ -99,6 +99,9 @@ class Storage(abc.ABC):
 
     driver_errors: ClassVar[tuple[type[Exception], ...]] = ()
     """The driver's exceptions; the public methods re-raise them as `StorageError`."""
+
+    unavailable_errors: ClassVar[tuple[type[Exception], ...]] = ()
+    """Those of them that mean the server cannot be reached: `StorageUnavailable`."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -262,7 +265,8 @@ def _wrap_errors(method: _F, errors: tuple[type[Exception], ...]) -> _F:
 
 def wrap_error(store: Storage, exc: BaseException) -> StorageError:
     """A `StorageError` (or `StorageUnavailable`) for a driver's exception."""
-    return StorageError(f"{store!r}: {type(exc).__name__}: {exc}")
+    kind = StorageUnavailable if isinstance(exc, store.unavailable_errors) else StorageError
+    return kind(f"{store!r}: {type(exc).__name__}: {exc}")
 
 
 _SECRET_PARAM = re.compile(r"(?i)([?&](?:password|passwd|pwd)=)[^&#]*")

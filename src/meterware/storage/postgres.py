@@ -125,6 +125,15 @@ class PostgresStorage(Storage):
         OSError,
         asyncio.TimeoutError,
     )
+    unavailable_errors = (
+        OSError,
+        asyncio.TimeoutError,
+        asyncpg.InterfaceError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.CannotConnectNowError,
+        asyncpg.AdminShutdownError,
+        asyncpg.TooManyConnectionsError,
+    )
 
     def __init__(self, url: str = "postgresql://localhost/meterware", **options: Any) -> None:
         super().__init__(url, **options)
