@@ -7,6 +7,7 @@ an optional pepper, so a leaked database yields no usable key.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import re
 import secrets
@@ -65,13 +66,14 @@ def valid_id(value: str) -> bool:
 class SecretHasher:
     """Hashes secrets for storage and checks their shape before any lookup."""
 
-    __slots__ = ("_pepper", "prefix")
+    __slots__ = ("_hmac", "_pepper", "prefix")
 
     def __init__(self, *, prefix: str = "mw_", pepper: str | bytes | None = None) -> None:
         if not re.fullmatch(r"[A-Za-z0-9_-]{0,16}", prefix):
             raise ConfigurationError("key_prefix must be 0-16 characters of A-Za-z0-9_-")
         self.prefix = prefix
         self._pepper = pepper.encode() if isinstance(pepper, str) else (pepper or b"")
+        self._hmac = hmac.new(self._pepper, digestmod=hashlib.sha256)  # keyed once, copied
 
     def __repr__(self) -> str:
         return f"SecretHasher(prefix={self.prefix!r}, pepper={'set' if self._pepper else 'none'})"
@@ -88,7 +90,9 @@ class SecretHasher:
 
     def hash(self, secret: str) -> str:
         """The keyed hash that storage keeps in place of the secret (64 hex digits)."""
-        return hmac.digest(self._pepper, secret.encode(), "sha256").hex()
+        mac = self._hmac.copy()
+        mac.update(secret.encode())
+        return mac.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -72,6 +72,10 @@ class LocalWindows:
         return len(self._windows)
 
     async def hit(self, subject: str, limit: int) -> MinuteResult:
+        return self.hit_now(subject, limit)
+
+    def hit_now(self, subject: str, limit: int) -> MinuteResult:
+        """`hit` without a coroutine: the in-process windows never wait."""
         now = self.clock()
         entry = self._windows.get(subject)
         if entry is None or now >= entry[0]:
@@ -220,12 +224,14 @@ class QuotaCounter:
         store: Storage,
         *,
         clock: Clock = system_clock,
-        max_block: int = 32,
+        max_block: int = 1000,
         lease_idle: float = 2.0,
+        defer: Callable[[str, str, int], None] | None = None,
     ) -> None:
         if max_block < 1:
             raise ConfigurationError("quota_block must be >= 1")
         self.store = store
+        self.defer = defer
         self.clock = clock
         self.max_block = max_block
         self.lease_idle = lease_idle
@@ -236,13 +242,28 @@ class QuotaCounter:
         return len(self._leases)
 
     async def take(self, counter: str, period: str, amount: int, limit: int | None) -> bool:
-        """Take `amount` units if the period's count stays within `limit`."""
+        """Take `amount` units if the period's count stays within `limit`.
+
+        With no limit there is nothing to enforce: the units are only counted, through
+        `defer` (the write-behind ledger) when one is set.
+        """
+        taken = self.take_now(counter, period, amount, limit)
+        if taken:
+            return True
+        return await self._refill(counter, period, amount, UNLIMITED if limit is None else limit)
+
+    def take_now(self, counter: str, period: str, amount: int, limit: int | None) -> bool:
+        """`take` without I/O: True if units were at hand, False if the store must be
+        asked (call `take`)."""
+        if limit is None and self.defer is not None:
+            self.defer(counter, period, amount)
+            return True
         lease = self._leases.get(counter)
         if lease is not None and lease.period == period and lease.free >= amount:
             lease.free -= amount
             lease.touched = self.clock()
             return True
-        return await self._refill(counter, period, amount, UNLIMITED if limit is None else limit)
+        return False
 
     async def _refill(self, counter: str, period: str, amount: int, limit: int) -> bool:
         lock = self._locks.get(counter)
@@ -251,8 +272,11 @@ class QuotaCounter:
         async with lock:
             lease = await self._lease(counter, period)
             if lease.free < amount:
+                # A block is at most max_block units, 1/8 of what remains (so the last
+                # units go one at a time) and 1% of the limit (what a crash may cost).
                 remaining = max(0, limit - lease.count)
-                want = max(amount - lease.free, min(self.max_block * amount, remaining // 8))
+                block = min(self.max_block, remaining // 8, max(1, limit // 100))
+                want = max(amount - lease.free, block)
                 granted, lease.count = await self.store.reserve(counter, period, want, limit)
                 lease.free += granted
             lease.touched = self.clock()
@@ -270,14 +294,20 @@ class QuotaCounter:
         lease = self._leases[counter] = _Lease(period)
         return lease
 
-    def give_back(self, counter: str, period: str, amount: int) -> None:
+    def give_back(self, counter: str, period: str, amount: int, limit: int | None = 0) -> None:
         """Return units taken for a request that was then refused or not charged."""
+        if limit is None and self.defer is not None:
+            self.defer(counter, period, -amount)
+            return
         lease = self._leases.get(counter)
         if lease is not None and lease.period == period:
             lease.free += amount
 
-    async def force(self, counter: str, period: str, amount: int) -> None:
+    async def force(self, counter: str, period: str, amount: int, limit: int | None = 0) -> None:
         """Count `amount` more units whatever the limit (a cost raised at run time)."""
+        if limit is None and self.defer is not None:
+            self.defer(counter, period, amount)
+            return
         lease = self._leases.get(counter)
         if lease is not None and lease.period == period and lease.free >= amount:
             lease.free -= amount

@@ -176,6 +176,7 @@ class Meter:
         self._rollups: dict[tuple[str, str, str, str], list[int]] = {}
         self._activity: dict[str, list[float]] = {}
         self._labels: dict[str, str] = {}
+        self._counts: dict[tuple[str, str], int] = {}
         self._events = 0
         self._dropped = 0
         self._day = ""
@@ -187,7 +188,7 @@ class Meter:
     @property
     def pending(self) -> int:
         """Distinct aggregates waiting to be written."""
-        return len(self._rollups) + len(self._activity)
+        return len(self._rollups) + len(self._activity) + len(self._counts)
 
     def _today(self, now: float) -> str:
         if now >= self._day_end or now < self._day_end - 86400:
@@ -197,7 +198,12 @@ class Meter:
         return self._day
 
     def admitted(self, key_id: str | None, now: float) -> None:
-        """Count a request admitted to the host's handler (total_requests, last use)."""
+        """Count a request admitted to the host's handler (total_requests, last use).
+
+        Each admitted request is one event toward `flush_batch`."""
+        self._events += 1
+        if self._events >= self.flush_batch:
+            self._wakeup.set()
         if key_id is None:
             return
         entry = self._activity.get(key_id)
@@ -209,7 +215,6 @@ class Meter:
         else:
             entry[0] += 1
             entry[1] = now
-        self._tick()
 
     def charge(
         self, account_id: str, key_id: str | None, cost: Cost, credits: int, now: float
@@ -226,12 +231,11 @@ class Meter:
         else:
             entry[0] += 1
             entry[1] += credits
-        self._tick()
 
-    def _tick(self) -> None:
-        self._events += 1
-        if self._events >= self.flush_batch:
-            self._wakeup.set()
+    def count(self, counter: str, period: str, amount: int) -> None:
+        """Add to a counter that has no limit to enforce (write-behind)."""
+        key = (counter, period)
+        self._counts[key] = self._counts.get(key, 0) + amount
 
     def _drop(self) -> None:
         if self._dropped == 0:
@@ -246,11 +250,13 @@ class Meter:
         rollups, self._rollups = self._rollups, {}
         activity, self._activity = self._activity, {}
         labels, self._labels = self._labels, {}
+        counts, self._counts = self._counts, {}
         self._events = 0
         return UsageBatch(
             rollups=[Rollup(a, k, act, d, c, cr) for (a, k, act, d), (c, cr) in rollups.items()],
             activity=[KeyActivity(k, int(n), t) for k, (n, t) in activity.items()],
             labels=labels,
+            counters=[(c, p, n) for (c, p), n in counts.items() if n],
         )
 
     def _put_back(self, batch: UsageBatch) -> None:
@@ -264,6 +270,8 @@ class Meter:
             act[1] = max(act[1], a.last_used_at)
         for action, label in batch.labels.items():
             self._labels.setdefault(action, label)
+        for counter, period, amount in batch.counters:
+            self.count(counter, period, amount)
 
     async def flush(self) -> bool:
         """Write what is pending in one transaction; on failure keep it and return False."""

@@ -21,15 +21,17 @@ import logging
 import math
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from meterware import responses
-from meterware.clock import Clock, system_clock
+from meterware.clock import Clock, MonthPeriod, system_clock
 from meterware.errors import ConfigurationError, StorageError
 from meterware.keys import Caller, KeyExtractor, KeyResolver, SecretHasher, StoreResolver
 from meterware.limits import (
+    LocalWindows,
     MinuteResult,
     PeriodCache,
     QuotaCounter,
@@ -85,7 +87,7 @@ class MeterwareMiddleware:
         flush_interval: float = 0.5,
         flush_batch: int = 1000,
         max_pending: int = 100_000,
-        quota_block: int = 32,
+        quota_block: int = 1000,
         lease_idle: float = 2.0,
         fail_open: bool | Collection[str] = ("rate_limit",),
         clock: Clock = system_clock,
@@ -123,22 +125,30 @@ class MeterwareMiddleware:
         self.windows = windows_from(
             rate_limit_storage, clock, fail_open="rate_limit" in self.fail_open
         )
-        self.header_families = responses.check_header_families(rate_limit_headers)
+        self._local_windows = self.windows if isinstance(self.windows, LocalWindows) else None
+        families = responses.check_header_families(rate_limit_headers)
+        self._x_headers = "x-ratelimit" in families
+        self._ietf_headers = "ietf" in families
+        self._plans: dict[int, _Plan] = {}
         self.costs = RouteCosts(default_cost)
         self.charge_rule = _charge_rule(charge)
         self.usage_path = usage_path
         self.usage_app = UsageApp(usage_format)
         self.envelope = responses.check_envelope(envelope or ENVELOPE_OF[usage_format])
         self.periods = PeriodCache()
-        self.quota = QuotaCounter(
-            self.store, clock=clock, max_block=quota_block, lease_idle=lease_idle
-        )
         self.meter = Meter(
             self.store,
             clock=clock,
             flush_interval=flush_interval,
             flush_batch=flush_batch,
             max_pending=max_pending,
+        )
+        self.quota = QuotaCounter(
+            self.store,
+            clock=clock,
+            max_block=quota_block,
+            lease_idle=lease_idle,
+            defer=self.meter.count,
         )
         self._policies: dict[tuple[int | None, int | None, int], bytes] = {}
         self._started = False
@@ -169,12 +179,12 @@ class MeterwareMiddleware:
         if caller is None:
             return await self._refuse(send, responses.UNAUTHORIZED, now)
         try:
-            limits = self.tiers.limits_for(caller)
+            plan = self._plan_of(caller)
         except ConfigurationError:
-            log.error(
-                "key %s has tier %r, which the tier table does not know", caller.key_id, caller.tier
-            )
+            log.error("key %s has tier %r, unknown to the tier table", caller.key_id, caller.tier)
             return await self._refuse(send, responses.FORBIDDEN_TIER, now)
+        limits = plan.limits
+        period = self.periods.get(now, limits.anchor_day)
 
         # 3. where it is going
         route = self.costs.lookup(scope, self._routes(scope))
@@ -182,19 +192,21 @@ class MeterwareMiddleware:
         if caller.permission == "site_access":
             site = route.path_params.get(self.website_param)
             if site is not None and str(site) != caller.website_id:
-                return await self._refuse(
-                    send, responses.FORBIDDEN_SITE, now, self._headers(caller, limits, None, now)
-                )
+                headers = self._headers(plan, None, now, period)
+                return await self._refuse(send, responses.FORBIDDEN_SITE, now, headers)
 
         # 4. per-minute limit
         minute = None
         if limits.per_minute is not None:
             try:
-                minute = await self.windows.hit(self._minute_subject(caller), limits.per_minute)
+                if self._local_windows is not None:
+                    minute = self._local_windows.hit_now(plan.minute_subject, limits.per_minute)
+                else:
+                    minute = await self.windows.hit(plan.minute_subject, limits.per_minute)
             except StorageError as exc:  # the shared windows failed and fail closed
                 return await self._unavailable(scope, send, exc)
             if not minute.allowed:
-                headers = self._headers(caller, limits, minute, now)
+                headers = self._headers(plan, minute, now, period)
                 headers.append((b"retry-after", retry_after(minute.reset_at - now)))
                 return await self._refuse(send, responses.RATE_LIMITED, now, headers)
 
@@ -203,31 +215,31 @@ class MeterwareMiddleware:
         scope[SCOPE_KEY] = call
         scope.setdefault("state", {})["meterware"] = caller
         if is_usage:
-            call.headers = self._headers(caller, limits, minute, now)
+            call.headers = self._headers(plan, minute, now, period)
             usage_app = route.endpoint if isinstance(route.endpoint, UsageApp) else self.usage_app
             return await usage_app(scope, receive, send)
 
         # 6. monthly quota, then monthly credits
-        period = self.periods.get(now, limits.anchor_day).id
-        subject = self.quota_subject(caller)
-        requests = requests_counter(subject)
         credits = route.cost.credits
         held = 0
         try:
-            took = await self._take("quota", requests, period, 1, limits.monthly_requests)
+            took: bool | None = self.quota.take_now(
+                plan.requests, period.id, 1, limits.monthly_requests
+            ) or await self._take("quota", plan.requests, period.id, 1, limits.monthly_requests)
             if took is False:
-                headers = self._headers(caller, limits, minute, now)
-                reset = self.periods.get(now, limits.anchor_day).end
-                headers.append((b"retry-after", retry_after(reset - now)))
+                headers = self._headers(plan, minute, now, period)
+                headers.append((b"retry-after", retry_after(period.end - now)))
                 return await self._refuse(send, responses.QUOTA_EXCEEDED, now, headers)
             if credits:
-                got = await self._take(
-                    "credits", credits_counter(subject), period, credits, limits.monthly_credits
+                got = self.quota.take_now(
+                    plan.credits, period.id, credits, limits.monthly_credits
+                ) or await self._take(
+                    "credits", plan.credits, period.id, credits, limits.monthly_credits
                 )
                 if got is False:
                     if took:
-                        self.quota.give_back(requests, period, 1)
-                    headers = self._headers(caller, limits, minute, now)
+                        self.quota.give_back(plan.requests, period.id, 1, limits.monthly_requests)
+                    headers = self._headers(plan, minute, now, period)
                     return await self._refuse(send, responses.INSUFFICIENT_CREDITS, now, headers)
                 held = credits if got else 0
         except StorageError as exc:
@@ -236,7 +248,7 @@ class MeterwareMiddleware:
         # 7. the host's app, metered
         call.cost, call.credits = route.cost, credits
         self.meter.admitted(caller.key_id, now)
-        extra = self._headers(caller, limits, minute, now)
+        extra = self._headers(plan, minute, now, period)
         status = 0
         disconnected = False
 
@@ -260,21 +272,22 @@ class MeterwareMiddleware:
             succeeded = True
         finally:
             charged = succeeded and bool(status) and not disconnected and self.charge_rule(status)
-            await self._settle(call, subject, period, held, charged)
+            final = call.credits if charged else 0
+            if final > held:
+                await self._charge_more(plan, period.id, final - held)
+            self._settle(call, plan, period.id, held, final)
 
-    async def _settle(
-        self, call: Call, subject: str, period: str, taken: int, charged: bool
-    ) -> None:
-        """Record the call's charge, and return the credits taken but not charged."""
-        final = call.credits if charged else 0
-        counter = credits_counter(subject)
-        if final < taken:
-            self.quota.give_back(counter, period, taken - final)
-        elif final > taken:
-            try:
-                await self.quota.force(counter, period, final - taken)
-            except StorageError as exc:
-                log.warning("could not count %d extra credits: %s", final - taken, exc)
+    async def _charge_more(self, plan: _Plan, period: str, extra: int) -> None:
+        """Count credits a handler added at run time (beyond what was held)."""
+        try:
+            await self.quota.force(plan.credits, period, extra, plan.limits.monthly_credits)
+        except StorageError as exc:
+            log.warning("could not count %d extra credits: %s", extra, exc)
+
+    def _settle(self, call: Call, plan: _Plan, period: str, held: int, final: int) -> None:
+        """Record the call's charge, and return the credits held but not charged."""
+        if final < held:
+            self.quota.give_back(plan.credits, period, held - final, plan.limits.monthly_credits)
         if final > 0 and call.cost is not None:
             cost = call.cost
             self._known_labels[cost.action] = cost.label
@@ -308,37 +321,50 @@ class MeterwareMiddleware:
     def quota_subject(self, caller: Caller) -> str:
         return caller.subject
 
-    def _minute_subject(self, caller: Caller) -> str:
-        return caller.account_id if self.rate_limit_by == "account" else caller.subject
-
     def _headers(
-        self, caller: Caller, limits: Limits, minute: MinuteResult | None, now: float
+        self, plan: _Plan, minute: MinuteResult | None, now: float, period: MonthPeriod
     ) -> list[tuple[bytes, bytes]]:
         """The rate-limit headers for this caller's current numbers."""
+        limits = plan.limits
         if minute is None and limits.per_minute is not None:
-            minute = self.windows.peek(self._minute_subject(caller), limits.per_minute)
+            minute = self.windows.peek(plan.minute_subject, limits.per_minute)
         headers: list[tuple[bytes, bytes]] = []
-        families = self.header_families
-        if minute is not None and "x-ratelimit" in families:
-            headers += [
-                (b"x-ratelimit-limit", str(minute.limit).encode()),
-                (b"x-ratelimit-remaining", str(minute.remaining).encode()),
-                (b"x-ratelimit-reset", str(math.ceil(minute.reset_at)).encode()),
-            ]
-        if "ietf" in families:
-            period = self.periods.get(now, limits.anchor_day)
+        if minute is not None and self._x_headers:
+            headers.append((b"x-ratelimit-limit", b"%d" % minute.limit))
+            headers.append((b"x-ratelimit-remaining", b"%d" % minute.remaining))
+            headers.append((b"x-ratelimit-reset", b"%d" % math.ceil(minute.reset_at)))
+        if self._ietf_headers:
             items = []
             if minute is not None:
                 seconds = max(0, math.ceil(minute.reset_at - now))
-                items.append(f'"minute";r={minute.remaining};t={seconds}')
+                items.append(b'"minute";r=%d;t=%d' % (minute.remaining, seconds))
             if limits.monthly_requests is not None:
-                used = self.quota.estimate(requests_counter(self.quota_subject(caller)), period.id)
+                used = self.quota.estimate(plan.requests, period.id)
                 left = max(0, limits.monthly_requests - used)
-                items.append(f'"month";r={left};t={max(0, math.ceil(period.end - now))}')
+                items.append(b'"month";r=%d;t=%d' % (left, max(0, math.ceil(period.end - now))))
             if items:
                 headers.append((b"ratelimit-policy", self._policy(limits, period.length)))
-                headers.append((b"ratelimit", ", ".join(items).encode()))
+                headers.append((b"ratelimit", b", ".join(items)))
         return headers
+
+    def _plan_of(self, caller: Caller) -> _Plan:
+        """What the request path needs to know of a caller, worked out once per caller
+        object (the key cache returns the same object for every request of a key)."""
+        plan = self._plans.get(id(caller))
+        if plan is not None and plan.caller is caller:
+            return plan
+        subject = self.quota_subject(caller)
+        plan = _Plan(
+            caller=caller,
+            limits=self.tiers.limits_for(caller),
+            minute_subject=caller.account_id if self.rate_limit_by == "account" else subject,
+            requests=requests_counter(subject),
+            credits=credits_counter(subject),
+        )
+        if len(self._plans) >= 100_000:
+            self._plans.clear()
+        self._plans[id(caller)] = plan
+        return plan
 
     def _policy(self, limits: Limits, month_seconds: int) -> bytes:
         key = (limits.per_minute, limits.monthly_requests, month_seconds)
@@ -487,6 +513,17 @@ class MeterwareMiddleware:
                 self.windows.sweep()
 
 
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """A caller's limits and counter names, derived once per caller."""
+
+    caller: Caller
+    limits: Limits
+    minute_subject: str
+    requests: str
+    credits: str
+
+
 def _known(tiers: TierTable, name: str) -> bool:
     try:
         tiers.get(name)
@@ -523,10 +560,15 @@ def _merge_headers(
 ) -> list[tuple[bytes, bytes]]:
     """The response's headers plus ours, leaving out any family the app already set."""
     merged = list(headers)
-    present = {name.lower() for name, _ in merged}
-    if b"x-ratelimit-limit" in present or b"x-ratelimit-remaining" in present:
+    own_x = own_ietf = False
+    for name, _ in merged:
+        if b"atelimit" in name:  # rare: only then look closer
+            lowered = name.lower()
+            own_x = own_x or lowered.startswith(b"x-ratelimit-")
+            own_ietf = own_ietf or lowered in (b"ratelimit", b"ratelimit-policy")
+    if own_x:
         extra = [h for h in extra if not h[0].startswith(b"x-ratelimit")]
-    if b"ratelimit" in present or b"ratelimit-policy" in present:
+    if own_ietf:
         extra = [h for h in extra if h[0] not in (b"ratelimit", b"ratelimit-policy")]
     merged.extend(extra)
     return merged

@@ -66,9 +66,11 @@ class UsageBatch:
     rollups: Sequence[Rollup] = ()
     activity: Sequence[KeyActivity] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
+    counters: Sequence[tuple[str, str, int]] = ()
+    """`(subject, period, amount)` to add to counters that have no limit to enforce."""
 
     def __bool__(self) -> bool:
-        return bool(self.rollups or self.activity or self.labels)
+        return bool(self.rollups or self.activity or self.labels or self.counters)
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,8 @@ class MemoryStorage(Storage):
             self._totals[a.key_id] = dataclasses.replace(
                 t, requests=t.requests + a.requests, last_used_at=last
             )
+        for subject, period, amount in batch.counters:
+            self._counters[(subject, period)] = self._counters.get((subject, period), 0) + amount
         self._labels.update(batch.labels)
 
     async def usage(

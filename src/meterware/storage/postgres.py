@@ -367,6 +367,8 @@ class PostgresStorage(Storage):
                 )
             if batch.labels:
                 await conn.executemany(q.set_label, sorted(batch.labels.items()))
+            if batch.counters:
+                await conn.executemany(q.add, sorted(batch.counters))
 
     async def usage(
         self, *, account_id: str, key_id: str | None, first_day: str, last_day: str

@@ -363,6 +363,12 @@ class SQLiteStorage(Storage):
                     "last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
                     [(a.requests, a.last_used_at, a.key_id) for a in batch.activity],
                 )
+            if batch.counters:
+                await db.executemany(
+                    "INSERT INTO counters (subject, period, count) VALUES (?1, ?2, ?3) "
+                    "ON CONFLICT (subject, period) DO UPDATE SET count = count + ?3",
+                    list(batch.counters),
+                )
             if batch.labels:
                 await db.executemany(
                     "INSERT INTO actions (action, label) VALUES (?, ?) "
