@@ -225,7 +225,7 @@ class QuotaCounter:
         *,
         clock: Clock = system_clock,
         max_block: int = 1000,
-        lease_idle: float = 2.0,
+        lease_idle: float = 60.0,
         defer: Callable[[str, str, int], None] | None = None,
     ) -> None:
         if max_block < 1:

@@ -295,6 +295,10 @@ class Meter:
                 self._dropped = 0
             return True
 
+    def wake(self) -> None:
+        """End the current `wait` early."""
+        self._wakeup.set()
+
     async def wait(self) -> None:
         """Sleep until the next flush is due: the interval (longer after failures) or a
         full batch."""

@@ -88,7 +88,7 @@ class MeterwareMiddleware:
         flush_batch: int = 1000,
         max_pending: int = 100_000,
         quota_block: int = 1000,
-        lease_idle: float = 2.0,
+        lease_idle: float = 60.0,
         fail_open: bool | Collection[str] = ("rate_limit",),
         clock: Clock = system_clock,
     ) -> None:
@@ -156,6 +156,7 @@ class MeterwareMiddleware:
         self._task: asyncio.Task[None] | None = None
         self._known_labels: dict[str, str] = {}
         self._documented = False
+        self._stopping = False
 
     # -- the request path --------------------------------------------------------------
 
@@ -471,10 +472,17 @@ class MeterwareMiddleware:
             return
         self._started = False
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # let the background task finish the flush it may be in, then end it
+            self._stopping = True
+            self.meter.wake()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=10)
+            except asyncio.TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
+            self._stopping = False
         for attempt in range(3):
             if await self.meter.flush():
                 break
@@ -495,8 +503,10 @@ class MeterwareMiddleware:
         """Flush the ledger, poll key changes, return idle quota, forget ended windows."""
         loop = asyncio.get_running_loop()
         next_poll = next_sweep = loop.time()
-        while True:
+        while not self._stopping:
             await self.meter.wait()
+            if self._stopping:
+                return
             await self.meter.flush()
             now = loop.time()
             try:

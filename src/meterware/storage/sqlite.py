@@ -190,12 +190,11 @@ class SQLiteStorage(Storage):
         return int(row[0]) if row else 0
 
     async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
-        async with self.db.execute(sql, params) as cur:
-            return await cur.fetchone()
+        rows = await self.db.execute_fetchall(sql, params)  # one trip to the thread
+        return next(iter(rows), None)
 
     async def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
-        async with self.db.execute(sql, params) as cur:
-            return list(await cur.fetchall())
+        return list(await self.db.execute_fetchall(sql, params))
 
     async def _next_version(self) -> int:
         row = await self._one(
@@ -416,10 +415,24 @@ class _Transaction:
         self.db = db
 
     async def __aenter__(self) -> None:
-        await self.db.execute("BEGIN IMMEDIATE")
+        if self.db.in_transaction:  # left open by a task cancelled mid-transaction
+            await self.db.execute("ROLLBACK")
+        try:
+            await self.db.execute("BEGIN IMMEDIATE")
+        except asyncio.CancelledError:
+            # the BEGIN may still run in the connection's thread: end what it starts
+            await asyncio.shield(self._rollback())
+            raise
 
     async def __aexit__(self, exc_type: object, exc: object, tb: object) -> None:
-        await self.db.execute("ROLLBACK" if exc_type else "COMMIT")
+        if exc_type is None:
+            await self.db.execute("COMMIT")
+        else:
+            await asyncio.shield(self._rollback())
+
+    async def _rollback(self) -> None:
+        if self.db.in_transaction:
+            await self.db.execute("ROLLBACK")
 
 
 async def _use_wal(db: aiosqlite.Connection) -> None:
