@@ -38,7 +38,7 @@ __all__ = [
 Permission = Literal["full_access", "site_access"]
 PERMISSIONS: tuple[Permission, ...] = ("full_access", "site_access")
 
-_SECRET_BYTES = 24  # 192 bits; token_urlsafe gives 32 characters
+_SECRET_BYTES = 24  # 192 bits; token_urlsafe gives 32 characters (_SECRET_BODY)
 _SECRET_BODY = re.compile(r"[A-Za-z0-9_-]{32}")
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
@@ -228,17 +228,20 @@ class StoreResolver:
         # hash -> (caller or None, key id or None, fetched at)
         self._cache: dict[str, tuple[Caller | None, str | None, float]] = {}
         self._cursor = 0
+        self._length = len(hasher.prefix) + 32
 
     def __len__(self) -> int:
         return len(self._cache)
 
     async def __call__(self, secret: str) -> Caller | None:
-        if not self.hasher.well_formed(secret):
+        if len(secret) != self._length or not secret.startswith(self.hasher.prefix):
             return None
         digest = self.hasher.hash(secret)
         now = self.clock()
         entry = self._cache.get(digest)
         if entry is None or now - entry[2] >= self.max_age:
+            if not self.hasher.well_formed(secret):  # the full check, before any I/O
+                return None
             key = await self.store.find_key(digest, now)
             caller = Caller.from_key(key) if key is not None and key.active(now) else None
             if len(self._cache) >= self.max_entries:
