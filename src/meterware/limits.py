@@ -124,6 +124,11 @@ class SharedWindows:
         from limits.errors import ConfigurationError as LimitsConfigurationError
         from limits.storage import storage_from_string
 
+        if not uri.startswith("async+"):
+            raise ConfigurationError(
+                f"rate_limit_storage must be an async limits storage, such as "
+                f"'async+redis://host:6379' or 'async+memory://', not {uri.split('://')[0]}://"
+            )
         try:
             storage = storage_from_string(uri)
         except LimitsConfigurationError as exc:
