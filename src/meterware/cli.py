@@ -1,4 +1,5 @@
-"""The `meterware` command: create, list, show, revoke and rotate API keys; show the tiers.
+"""The `meterware` command: create, list, show, revoke and rotate API keys; show the tiers;
+copy one store into another.
 
 ```
 meterware keys create --name NAME [--account ID] [--tier TIER] [--permission P] ...
@@ -7,12 +8,15 @@ meterware keys show ID
 meterware keys revoke ID
 meterware keys rotate ID [--grace SECONDS]
 meterware tiers
+meterware copy SOURCE_URL DEST_URL [--merge]
 ```
 
-Every command takes `--storage URL` (default `$METERWARE_STORAGE`, else
-`sqlite:///meterware.db`), `--key-prefix` and `--json`. Secrets are hashed with
-`$METERWARE_PEPPER`, as the middleware hashes them, and printed only by `create` and
-`rotate`. A failure is one line on stderr: exit status 1, or 2 for a bad command line.
+Every `keys` command takes `--storage URL` (default `$METERWARE_STORAGE`, else
+`sqlite:///meterware.db`), `--key-prefix` and `--json`; `copy` takes `--merge` and
+`--json` (see `meterware.storage.transfer` for what it copies and when it refuses).
+Secrets are hashed with `$METERWARE_PEPPER`, as the middleware hashes them, and printed
+only by `create` and `rotate`. A failure is one line on stderr: exit status 1, or 2 for
+a bad command line.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ from meterware.keys import PERMISSIONS, ApiKey, Caller, SecretHasher, create_key
 from meterware.keys import valid_id as _valid_id
 from meterware.limits import quota_status
 from meterware.storage import Storage, storage_from_url
+from meterware.storage.base import redact
+from meterware.storage.transfer import copy_urls
 from meterware.tiers import TierTable
 
 __all__ = ["main"]
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(args: argparse.Namespace) -> Output:
+    if getattr(args, "copy", False):
+        return await _copy(args, time.time())
     if args.command is None:
         return _tiers()
     url = args.storage or os.environ.get("METERWARE_STORAGE") or DEFAULT_STORAGE
@@ -108,11 +116,7 @@ async def _show(args: argparse.Namespace, store: Storage, now: float) -> Output:
         store,
         subject=key.id,
         key_id=key.id,
-        tier=limits.tier,
-        per_minute=limits.per_minute,
-        monthly_limit=limits.monthly_requests,
-        monthly_credits=limits.monthly_credits,
-        anchor_day=limits.anchor_day,
+        limits=limits,
         now=now,
     )
     quota = status.as_dict(isoformat_ms)
@@ -155,6 +159,31 @@ async def _rotate(args: argparse.Namespace, store: Storage, now: float) -> Outpu
         ("secret", secret),
     ]
     return data, f"{_pairs(rows)}\n\n{_ONCE}"
+
+
+async def _copy(args: argparse.Namespace, now: float) -> Output:
+    report = await copy_urls(args.source, args.destination, merge=args.merge, now=now)
+    source, destination = redact(args.source), redact(args.destination)
+    data = {"source": source, "destination": destination, **report.as_dict()}
+    verb = "Merged" if args.merge else "Copied"
+    rows = [
+        ("accounts", str(report.accounts)),
+        ("keys", str(report.keys)),
+        (
+            "secrets",
+            f"{report.secrets} ({report.current_secrets} current, {report.retiring_secrets} "
+            f"in a grace period, {report.expired_secrets} expired)",
+        ),
+        ("counters", str(report.counters)),
+        ("rollups", f"{report.rollups} ({report.calls} calls, {report.credits} credits)"),
+        ("requests", str(report.requests)),
+        ("labels", str(report.labels)),
+    ]
+    text = (
+        f"{verb} {source} into {destination}, and checked it.\n\n{_pairs(rows)}\n\n"
+        "Secrets were copied as hashes: serve the destination with the same METERWARE_PEPPER."
+    )
+    return data, text
 
 
 def _tiers() -> Output:
@@ -377,6 +406,31 @@ def _parser() -> argparse.ArgumentParser:
         help="how long the old secret keeps working (default: 0)",
     )
     command("tiers", None, "the tier table and the legacy tier names (--storage is not read)")
+
+    only_json = _Parser(add_help=False)
+    only_json.add_argument("--json", action="store_true", help="print JSON")
+    summary = "copy every account, key, secret hash, counter and usage row into another store"
+    copying = commands.add_parser(
+        "copy",
+        parents=[only_json],
+        help=summary,
+        description=(
+            f"{summary}. The destination must be empty, unless --merge. Stop the services "
+            "using the source first. Secrets are copied as hashes: serve the destination "
+            "with the same METERWARE_PEPPER."
+        ),
+    )
+    copying.add_argument("source", metavar="SOURCE_URL", help="e.g. sqlite:///meterware.db")
+    copying.add_argument(
+        "destination", metavar="DEST_URL", help="e.g. postgresql://user@host/db?schema=meterware"
+    )
+    copying.add_argument(
+        "--merge",
+        action="store_true",
+        help="add to a destination that holds data: new accounts, keys and secrets (a key "
+        "in both stores refuses the copy), counters and usage added to its own",
+    )
+    copying.set_defaults(command=None, copy=True)
     return parser
 
 

@@ -31,6 +31,7 @@ from typing import Any
 from meterware.clock import Clock, MonthPeriod, month_period, system_clock
 from meterware.errors import ConfigurationError, StorageUnavailable
 from meterware.storage.base import Storage
+from meterware.tiers import Limits
 
 __all__ = [
     "LocalWindows",
@@ -407,16 +408,12 @@ async def quota_status(
     *,
     subject: str,
     key_id: str | None,
-    tier: str,
-    per_minute: int | None,
-    monthly_limit: int | None,
-    monthly_credits: int | None,
-    anchor_day: int,
+    limits: Limits,
     now: float,
     counter: QuotaCounter | None = None,
 ) -> QuotaStatus:
     """Read a caller's monthly numbers: what the usage endpoint and the CLI both show."""
-    period = month_period(now, anchor_day)
+    period = month_period(now, limits.anchor_day)
     requests, credits = requests_counter(subject), credits_counter(subject)
     if counter is not None:
         used, spent = (
@@ -428,13 +425,13 @@ async def quota_status(
         spent = await store.counter(credits, period.id)
     total = (await store.key_totals(key_id)).requests if key_id else used
     return QuotaStatus(
-        tier=tier,
-        per_minute=per_minute,
-        monthly_limit=monthly_limit,
+        tier=limits.tier,
+        per_minute=limits.per_minute,
+        monthly_limit=limits.monthly_requests,
         monthly_requests=used,
         monthly_reset_at=period.end,
         period_start=period.start,
-        monthly_credits_limit=monthly_credits,
+        monthly_credits_limit=limits.monthly_credits,
         monthly_credits=spent,
         total_requests=total,
     )

@@ -164,16 +164,11 @@ class UsageApp:
 
     async def _quota(self, runtime: Any, caller: Caller, now: float) -> dict[str, Any]:
         await runtime.meter.flush()
-        limits = runtime.tiers.limits_for(caller)
         status = await quota_status(
             runtime.store,
             subject=runtime.quota_subject(caller),
             key_id=caller.key_id,
-            tier=caller.tier,
-            per_minute=limits.per_minute,
-            monthly_limit=limits.monthly_requests,
-            monthly_credits=limits.monthly_credits,
-            anchor_day=limits.anchor_day,
+            limits=runtime.tiers.limits_for(caller),
             now=now,
             counter=runtime.quota,
         )
