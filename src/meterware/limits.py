@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from meterware.clock import Clock, MonthPeriod, month_period, system_clock
-from meterware.errors import ConfigurationError, StorageUnavailable
+from meterware.errors import ConfigurationError, StorageError, StorageUnavailable
 from meterware.storage.base import Storage
 from meterware.tiers import Limits
 
@@ -337,28 +337,45 @@ class QuotaCounter:
         return max(0, await self.store.counter(counter, period) - self.unused(counter, period))
 
     async def release_idle(self) -> None:
-        """Return the unused units of leases not touched for `lease_idle` seconds."""
+        """Return the unused units of leases not touched for `lease_idle` seconds.
+
+        Raises `StorageError` at the first failure; leases not returned are kept and
+        tried again next time.
+        """
         cutoff = self.clock() - self.lease_idle
         for counter, lease in list(self._leases.items()):
             if lease.touched < cutoff and not self._busy(counter):
                 await self._return(counter, lease)
 
     async def release_all(self) -> None:
-        """Return every unused unit (graceful shutdown)."""
+        """Return every unused unit (graceful shutdown); raises `StorageError` after trying
+        them all if any could not be returned."""
+        failed: StorageError | None = None
         for counter, lease in list(self._leases.items()):
-            await self._return(counter, lease)
+            try:
+                await self._return(counter, lease)
+            except StorageError as exc:
+                failed = exc
+        if failed is not None:
+            raise failed
 
     def _busy(self, counter: str) -> bool:
         lock = self._locks.get(counter)
         return lock is not None and lock.locked()
 
     async def _return(self, counter: str, lease: _Lease) -> None:
-        if self._leases.get(counter) is lease:
+        """Give a lease's unused units back to the store, then forget the lease. If the
+        store fails, the units stay in the lease, to be handed out or returned later."""
+        free, lease.free = lease.free, 0  # out of reach of requests while we wait
+        if free:
+            try:
+                await self.store.release(counter, lease.period, free)
+            except StorageError:
+                lease.free += free
+                raise
+        if self._leases.get(counter) is lease and not lease.free:  # not refilled meanwhile
             del self._leases[counter]
             self._locks.pop(counter, None)
-        if lease.free:
-            free, lease.free = lease.free, 0
-            await self.store.release(counter, lease.period, free)
 
 
 def requests_counter(subject: str) -> str:

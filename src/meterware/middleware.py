@@ -389,7 +389,9 @@ class MeterwareMiddleware:
         await responses.send_json(send, refusal.status, body, headers)
 
     async def _unavailable(self, scope: Scope, send: Send, exc: Exception) -> None:
-        log.warning("storage unavailable for %s %s: %s", scope["method"], scope["path"], exc)
+        if "storage" not in self._outages:  # once per outage; cleared by the next flush
+            self._outages.add("storage")
+            log.warning("storage unavailable, answering 503: %s", exc)
         now = self.clock()
         await self._refuse(send, responses.STORAGE_UNAVAILABLE, now, [(b"retry-after", b"5")])
 
@@ -507,7 +509,8 @@ class MeterwareMiddleware:
             await self.meter.wait()
             if self._stopping:
                 return
-            await self.meter.flush()
+            if await self.meter.flush():
+                self._outages.discard("storage")
             now = loop.time()
             try:
                 if self.key_cache is not None and now >= next_poll:
