@@ -11,12 +11,14 @@ import asyncio
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -43,15 +45,18 @@ def cli(*args: str, env: dict[str, str]) -> Any:
 
 def flush_redis_db(redis_url: str, db: int) -> str:
     """Empty one Redis database index (never db 0); the URL of that database."""
-    import redis
-
     assert db != 0
     url = re.sub(r"/\d*$", "", redis_url.rstrip("/")) + f"/{db}"
-    client = redis.Redis.from_url(url, socket_timeout=5)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
+    parts = urlsplit(url)
+    command = f"*2\r\n$6\r\nSELECT\r\n${len(str(db))}\r\n{db}\r\n*1\r\n$7\r\nFLUSHDB\r\n"
+    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 5) as s:
+        s.sendall(command.encode())  # plain RESP: no client library needed
+        reply = b""
+        while reply.count(b"\r\n") < 2:
+            chunk = s.recv(256)
+            assert chunk, "Redis closed the connection"
+            reply += chunk
+    assert reply == b"+OK\r\n+OK\r\n", reply
     return url
 
 
