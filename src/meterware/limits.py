@@ -295,9 +295,11 @@ class QuotaCounter:
         lease = self._leases.get(counter)
         if lease is not None and lease.period == period:
             return lease
-        if lease is not None and lease.free:
-            await self.store.release(counter, lease.period, lease.free)
-        lease = self._leases[counter] = _Lease(period)
+        old, lease = lease, _Lease(period)
+        self._leases[counter] = lease  # requests still in the old period can no longer take
+        if old is not None and old.free:
+            free, old.free = old.free, 0
+            await self.store.release(counter, old.period, free)
         return lease
 
     def give_back(self, counter: str, period: str, amount: int, limit: int | None = 0) -> None:
@@ -373,8 +375,8 @@ class QuotaCounter:
             except StorageError:
                 lease.free += free
                 raise
-        if self._leases.get(counter) is lease and not lease.free:  # not refilled meanwhile
-            del self._leases[counter]
+        if self._leases.get(counter) is lease and not lease.free and not self._busy(counter):
+            del self._leases[counter]  # not refilled, and no refill under way
             self._locks.pop(counter, None)
 
 

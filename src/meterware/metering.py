@@ -104,8 +104,8 @@ class RouteCosts:
 
     def _find(self, scope: Scope, routes: Iterable[Any] | None) -> RouteInfo:
         matched = _match(dict(scope), routes or ())
-        if matched is None:
-            return RouteInfo(None, Cost(self.default, scope["path"], scope["path"]), {})
+        if matched is None:  # one action for every unmatched path, not one per path
+            return RouteInfo(None, Cost(self.default, "default", "default"), {})
         endpoint, params = matched
         declared = _declared(endpoint, scope["method"])
         if declared is None:
@@ -240,8 +240,7 @@ class Meter:
     def _drop(self) -> None:
         if self._dropped == 0:
             log.error(
-                "usage buffer full (%d aggregates) while storage is failing: dropping usage "
-                "until a flush succeeds",
+                "usage buffer full (%d aggregates): dropping usage until the next flush succeeds",
                 self.max_pending,
             )
         self._dropped += 1
@@ -281,17 +280,19 @@ class Meter:
                 return True
             try:
                 await self.store.record(batch)
-            except Exception as exc:
+            except BaseException as exc:  # cancelled too: the batch must not be lost
                 self._put_back(batch)
+                if not isinstance(exc, Exception):
+                    raise
                 if self.failures == 0:
                     log.warning("usage flush failed, keeping %d aggregates: %s", self.pending, exc)
                 self.failures += 1
                 return False
             if self.failures:
                 log.warning("usage flush recovered after %d failed attempts", self.failures)
-                if self._dropped:
-                    log.error("%d usage events were dropped during the outage", self._dropped)
                 self.failures = 0
+            if self._dropped:
+                log.error("%d usage events were dropped: the buffer was full", self._dropped)
                 self._dropped = 0
             return True
 

@@ -165,7 +165,7 @@ class MeterwareMiddleware:
             self._document(scope.get("app"))
         if scope["type"] == "lifespan":
             return await self._lifespan(scope, receive, send)
-        if scope["type"] != "http" or scope["path"] in self.exempt:
+        if scope["type"] != "http" or _route_path(scope) in self.exempt:
             return await self.app(scope, receive, send)
         if not self._started:
             await self.start()
@@ -189,7 +189,7 @@ class MeterwareMiddleware:
 
         # 3. where it is going
         route = self.costs.lookup(scope, self._routes(scope))
-        is_usage = scope["path"] == self.usage_path or isinstance(route.endpoint, UsageApp)
+        is_usage = _route_path(scope) == self.usage_path or isinstance(route.endpoint, UsageApp)
         if caller.permission == "site_access":
             site = route.path_params.get(self.website_param)
             if site is not None and str(site) != caller.website_id:
@@ -223,8 +223,9 @@ class MeterwareMiddleware:
         # 6. monthly quota, then monthly credits
         credits = route.cost.credits
         held = 0
+        took: bool | None = None
         try:
-            took: bool | None = self.quota.take_now(
+            took = self.quota.take_now(
                 plan.requests, period.id, 1, limits.monthly_requests
             ) or await self._take("quota", plan.requests, period.id, 1, limits.monthly_requests)
             if took is False:
@@ -244,6 +245,8 @@ class MeterwareMiddleware:
                     return await self._refuse(send, responses.INSUFFICIENT_CREDITS, now, headers)
                 held = credits if got else 0
         except StorageError as exc:
+            if took:  # the credits check failed closed: this request does not count
+                self.quota.give_back(plan.requests, period.id, 1, limits.monthly_requests)
             return await self._unavailable(scope, send, exc)
 
         # 7. the host's app, metered
@@ -427,11 +430,13 @@ class MeterwareMiddleware:
                 raise
 
         pending: list[Message] = [first]
+        sent: set[str] = set()
 
         async def replay() -> Message:
             return pending.pop() if pending else await receive()
 
         async def send_then_stop(message: Message) -> None:
+            sent.add(message["type"])
             if message["type"] in (
                 "lifespan.startup.failed",
                 "lifespan.shutdown.complete",
@@ -440,7 +445,22 @@ class MeterwareMiddleware:
                 await self.stop()
             await send(message)
 
-        await self.app(scope, replay, send_then_stop)
+        try:
+            await self.app(scope, replay, send_then_stop)
+        except Exception:
+            if sent:  # the app speaks lifespan and failed in it: as it reported
+                raise
+        if not sent:
+            # The wrapped app does not speak lifespan (a raw ASGI app): meterware still
+            # needs its startup and its graceful shutdown, so it completes the protocol.
+            await self._own_lifespan(replay, send)
+
+    async def _own_lifespan(self, receive: Receive, send: Send) -> None:
+        await send({"type": "lifespan.startup.complete"})
+        while (await receive())["type"] != "lifespan.shutdown":
+            pass
+        await self.stop()
+        await send({"type": "lifespan.shutdown.complete"})
 
     async def start(self) -> None:
         """Open storage, check the tiers of stored keys, start the background task.
@@ -566,6 +586,14 @@ def _charge_rule(charge: Collection[int] | ChargeRule | None) -> ChargeRule:
         return charge
     statuses = frozenset(charge)
     return statuses.__contains__
+
+
+def _route_path(scope: Scope) -> str:
+    """The request's path inside the app meterware wraps (without a mount's root_path),
+    as Starlette's router sees it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def _merge_headers(
