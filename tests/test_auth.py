@@ -299,3 +299,22 @@ async def test_secret_never_in_sqlite_files(tmp_path, clock):
     assert secret.encode() not in raw
     assert secret[3:].encode() not in raw
     assert SecretHasher().hash(secret).encode() in raw
+
+
+async def test_revocation_seen_when_the_store_started_empty(tmp_path, clock):
+    """On a store with no key changes at startup, a key created and then revoked while the
+    app runs still stops working within the refresh bound."""
+    url = f"sqlite:///{tmp_path}/empty.db"
+    async with SQLiteStorage(url) as store:
+        await store.open()
+    app = starlette_app(url, clock, key_refresh=0.05, flush_interval=0.02)
+    async with serve(app) as client, SQLiteStorage(url) as other:
+        key, secret = await new_key(other, clock)
+        assert (await client.get("/hello", headers=bearer(secret))).status_code == 200
+        await other.update_key(key.id, revoked_at=clock())
+        for _ in range(100):
+            if (await client.get("/hello", headers=bearer(secret))).status_code == 401:
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the revoked key still works after 1 s")

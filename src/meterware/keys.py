@@ -259,10 +259,15 @@ class StoreResolver:
 
     async def poll(self) -> int:
         """Drop cached entries of keys changed since the last poll; how many were dropped."""
-        cursor, changed = await self.store.key_changes(self._cursor)
-        if cursor == self._cursor:
+        previous = self._cursor
+        cursor, changed = await self.store.key_changes(previous)
+        if cursor == previous:
             return 0
         self._cursor = cursor
+        if previous <= 0:  # the store had no changes at start: no ids to go by, drop all
+            dropped = len(self._cache)
+            self._cache.clear()
+            return dropped
         ids = set(changed)
         stale = [h for h, (_, key_id, _) in self._cache.items() if key_id is None or key_id in ids]
         for digest in stale:
