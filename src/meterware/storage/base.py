@@ -14,6 +14,7 @@ import abc
 import functools
 import inspect
 import re
+import warnings
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -104,6 +105,19 @@ class Storage(abc.ABC):
 
     unavailable_errors: ClassVar[tuple[type[Exception], ...]] = ()
     """Those of them that mean the server cannot be reached: `StorageUnavailable`."""
+
+    resource_attribute: ClassVar[str | None] = None
+    """The attribute holding a connection or pool while open: a store garbage-collected
+    with it still set was never closed, which gets a `ResourceWarning`."""
+
+    def __del__(self) -> None:
+        name = self.resource_attribute
+        if name is not None and getattr(self, name, None) is not None:  # __init__ may have raised
+            warnings.warn(
+                f"{self!r} was never closed: call `await store.close()` or use `async with`",
+                ResourceWarning,
+                stacklevel=1,
+            )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

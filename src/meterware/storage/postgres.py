@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-import warnings
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -119,6 +118,7 @@ class PostgresStorage(Storage):
     """
 
     schemes = ("postgresql", "postgres")
+    resource_attribute = "_pool"
     driver_errors = (
         asyncpg.PostgresError,
         asyncpg.InterfaceError,
@@ -158,14 +158,6 @@ class PostgresStorage(Storage):
         self._pool: Any = None
         self._opening = asyncio.Lock()
         self._q = _Queries(f'"{schema}"')  # validated above, so quoting is enough
-
-    def __del__(self) -> None:
-        if getattr(self, "_pool", None) is not None:  # __init__ may have raised
-            warnings.warn(
-                f"{self!r} was never closed: call `await store.close()` or use `async with`",
-                ResourceWarning,
-                stacklevel=1,
-            )
 
     @property
     def pool(self) -> Any:

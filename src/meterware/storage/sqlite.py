@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +108,7 @@ class SQLiteStorage(Storage):
     """`sqlite:///relative/path.db` or `sqlite:////absolute/path.db`."""
 
     schemes = ("sqlite",)
+    resource_attribute = "_db"
     driver_errors = (sqlite3.Error,)
 
     def __init__(self, url: str = "sqlite:///meterware.db", **options: Any) -> None:
@@ -117,14 +117,6 @@ class SQLiteStorage(Storage):
         self._db: aiosqlite.Connection | None = None
         self._write = asyncio.Lock()
         self._opening = asyncio.Lock()
-
-    def __del__(self) -> None:
-        if getattr(self, "_db", None) is not None:  # __init__ may have raised
-            warnings.warn(
-                f"{self!r} was never closed: call `await store.close()` or use `async with`",
-                ResourceWarning,
-                stacklevel=1,
-            )
 
     @property
     def db(self) -> aiosqlite.Connection:
