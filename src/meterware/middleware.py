@@ -334,21 +334,28 @@ class MeterwareMiddleware:
             minute = self.windows.peek(plan.minute_subject, limits.per_minute)
         headers: list[tuple[bytes, bytes]] = []
         if minute is not None and self._x_headers:
-            headers.append((b"x-ratelimit-limit", b"%d" % minute.limit))
+            headers.append((b"x-ratelimit-limit", plan.per_minute_bytes))
             headers.append((b"x-ratelimit-remaining", b"%d" % minute.remaining))
             headers.append((b"x-ratelimit-reset", b"%d" % math.ceil(minute.reset_at)))
-        if self._ietf_headers:
-            items = []
-            if minute is not None:
-                seconds = max(0, math.ceil(minute.reset_at - now))
-                items.append(b'"minute";r=%d;t=%d' % (minute.remaining, seconds))
-            if limits.monthly_requests is not None:
-                used = self.quota.estimate(plan.requests, period.id)
-                left = max(0, limits.monthly_requests - used)
-                items.append(b'"month";r=%d;t=%d' % (left, max(0, math.ceil(period.end - now))))
-            if items:
-                headers.append((b"ratelimit-policy", self._policy(limits, period.length)))
-                headers.append((b"ratelimit", b", ".join(items)))
+        if not self._ietf_headers:
+            return headers
+        month_limit = limits.monthly_requests
+        if month_limit is not None:
+            left = max(0, month_limit - self.quota.estimate(plan.requests, period.id))
+            month = b'"month";r=%d;t=%d' % (left, max(0, math.ceil(period.end - now)))
+        if minute is not None:
+            value = b'"minute";r=%d;t=%d' % (
+                minute.remaining,
+                max(0, math.ceil(minute.reset_at - now)),
+            )
+            if month_limit is not None:
+                value += b", " + month
+        elif month_limit is not None:
+            value = month
+        else:
+            return headers
+        headers.append((b"ratelimit-policy", self._policy(limits, period.length)))
+        headers.append((b"ratelimit", value))
         return headers
 
     def _plan_of(self, caller: Caller) -> _Plan:
@@ -358,12 +365,14 @@ class MeterwareMiddleware:
         if plan is not None and plan.caller is caller:
             return plan
         subject = self.quota_subject(caller)
+        limits = self.tiers.limits_for(caller)
         plan = _Plan(
             caller=caller,
-            limits=self.tiers.limits_for(caller),
+            limits=limits,
             minute_subject=caller.account_id if self.rate_limit_by == "account" else subject,
             requests=requests_counter(subject),
             credits=credits_counter(subject),
+            per_minute_bytes=b"%d" % (limits.per_minute or 0),
         )
         if len(self._plans) >= 100_000:
             self._plans.clear()
@@ -555,6 +564,7 @@ class _Plan:
     minute_subject: str
     requests: str
     credits: str
+    per_minute_bytes: bytes
 
 
 def _known(tiers: TierTable, name: str) -> bool:
