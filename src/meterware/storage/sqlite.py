@@ -8,6 +8,7 @@ wait for the lock instead of failing.
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,38 @@ CREATE INDEX IF NOT EXISTS usage_by_account ON usage_daily(account_id, day);
 CREATE TABLE IF NOT EXISTS actions (action TEXT PRIMARY KEY, label TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('key_seq', 0);
 """
+
+
+def _from_json(*columns: str) -> str:
+    """`SELECT` the columns of a JSON array of rows (the statement's one parameter)."""
+    picks = ", ".join(f"json_extract(value, '$[{i}]') AS {c}" for i, c in enumerate(columns))
+    return f"SELECT {picks} FROM json_each(?1) WHERE true"  # WHERE: for the upsert's parser
+
+
+_ADD_ROLLUPS = (
+    "INSERT INTO usage_daily (key_id, action, day, account_id, calls, credits) "
+    + _from_json("key_id", "action", "day", "account_id", "calls", "credits")
+    + " ON CONFLICT (account_id, key_id, day, action) DO UPDATE SET "
+    "calls = calls + excluded.calls, credits = credits + excluded.credits"
+)
+_ADD_KEY_TOTALS = (
+    "UPDATE keys SET total_requests = total_requests + t.requests, "
+    "total_calls = total_calls + t.calls, total_credits = total_credits + t.credits, "
+    "last_used_at = CASE WHEN t.last_used IS NULL THEN last_used_at "
+    "ELSE max(coalesce(last_used_at, 0), t.last_used) END "
+    "FROM (" + _from_json("id", "requests", "calls", "credits", "last_used") + ") AS t "
+    "WHERE keys.id = t.id"
+)
+_ADD_COUNTERS = (
+    "INSERT INTO counters (subject, period, count) "
+    + _from_json("subject", "period", "amount")
+    + " ON CONFLICT (subject, period) DO UPDATE SET count = count + excluded.count"
+)
+_SET_LABELS = (
+    "INSERT INTO actions (action, label) "
+    + _from_json("action", "label")
+    + " ON CONFLICT (action) DO UPDATE SET label = excluded.label"
+)
 
 _KEY_FIELDS = (
     "id, account_id, name, tier, permission, website_id, created_at, last_used_at, "
@@ -324,48 +357,36 @@ class SQLiteStorage(Storage):
     # -- usage ledger ----------------------------------------------------------------
 
     async def record(self, batch: UsageBatch) -> None:
+        # Each table is written by one statement over a JSON array (one parameter): one
+        # trip to the connection's thread and one release of the GIL per table, where
+        # executemany releases and re-takes the GIL for every row.
         if not batch:
             return
+        keys: dict[str, list[Any]] = {}  # key_id -> [requests, calls, credits, last_used]
+        for r in batch.rollups:
+            if r.key_id:
+                t = keys.setdefault(r.key_id, [0, 0, 0, None])
+                t[1] += r.calls
+                t[2] += r.credits
+        for a in batch.activity:
+            t = keys.setdefault(a.key_id, [0, 0, 0, None])
+            t[0] += a.requests
+            t[3] = a.last_used_at if t[3] is None else max(t[3], a.last_used_at)
         async with self._write, self._transaction():
             db = self.db
             if batch.rollups:
-                await db.executemany(
-                    "INSERT INTO usage_daily (key_id, action, day, account_id, calls, credits) "
-                    "VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (account_id, key_id, day, action) "
-                    "DO UPDATE SET "
-                    "calls = calls + excluded.calls, credits = credits + excluded.credits",
-                    [(r.key_id, r.action, r.day, r.account_id, r.calls, r.credits)
-                     for r in batch.rollups],
-                )  # fmt: skip
-                totals: dict[str, list[int]] = {}
-                for r in batch.rollups:
-                    if r.key_id:
-                        t = totals.setdefault(r.key_id, [0, 0])
-                        t[0] += r.calls
-                        t[1] += r.credits
-                await db.executemany(
-                    "UPDATE keys SET total_calls = total_calls + ?, "
-                    "total_credits = total_credits + ? WHERE id = ?",
-                    [(calls, credits, key_id) for key_id, (calls, credits) in totals.items()],
-                )
-            if batch.activity:
-                await db.executemany(
-                    "UPDATE keys SET total_requests = total_requests + ?, "
-                    "last_used_at = max(coalesce(last_used_at, 0), ?) WHERE id = ?",
-                    [(a.requests, a.last_used_at, a.key_id) for a in batch.activity],
-                )
+                rows = [
+                    (r.key_id, r.action, r.day, r.account_id, r.calls, r.credits)
+                    for r in batch.rollups
+                ]
+                await db.execute(_ADD_ROLLUPS, (json.dumps(rows),))
+            if keys:
+                totals = [[key_id, *t] for key_id, t in keys.items()]
+                await db.execute(_ADD_KEY_TOTALS, (json.dumps(totals),))
             if batch.counters:
-                await db.executemany(
-                    "INSERT INTO counters (subject, period, count) VALUES (?1, ?2, ?3) "
-                    "ON CONFLICT (subject, period) DO UPDATE SET count = count + ?3",
-                    list(batch.counters),
-                )
+                await db.execute(_ADD_COUNTERS, (json.dumps(list(batch.counters)),))
             if batch.labels:
-                await db.executemany(
-                    "INSERT INTO actions (action, label) VALUES (?, ?) "
-                    "ON CONFLICT (action) DO UPDATE SET label = excluded.label",
-                    list(batch.labels.items()),
-                )
+                await db.execute(_SET_LABELS, (json.dumps(list(batch.labels.items())),))
 
     async def usage(
         self, *, account_id: str, key_id: str | None, first_day: str, last_day: str
