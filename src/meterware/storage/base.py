@@ -73,6 +73,21 @@ class UsageBatch:
     def __bool__(self) -> bool:
         return bool(self.rollups or self.activity or self.labels or self.counters)
 
+    def key_totals(self) -> dict[str, KeyTotals]:
+        """What this batch adds to each key's lifetime totals (last use: the latest)."""
+        totals: dict[str, KeyTotals] = {}
+        for r in self.rollups:
+            if r.key_id:
+                t = totals.get(r.key_id, _NO_TOTALS)
+                totals[r.key_id] = KeyTotals(
+                    t.requests, t.calls + r.calls, t.credits + r.credits, t.last_used_at
+                )
+        for a in self.activity:
+            t = totals.get(a.key_id, _NO_TOTALS)
+            last = a.last_used_at if t.last_used_at is None else max(t.last_used_at, a.last_used_at)
+            totals[a.key_id] = KeyTotals(t.requests + a.requests, t.calls, t.credits, last)
+        return totals
+
 
 @dataclass(frozen=True)
 class UsageRow:
@@ -92,6 +107,9 @@ class KeyTotals:
     calls: int = 0
     credits: int = 0
     last_used_at: float | None = None
+
+
+_NO_TOTALS = KeyTotals()
 
 
 class Storage(abc.ABC):

@@ -140,16 +140,13 @@ class MemoryStorage(Storage):
             row = self._daily.setdefault((r.account_id, r.key_id, r.action, r.day), [0, 0])
             row[0] += r.calls
             row[1] += r.credits
-            if r.key_id:
-                t = self._totals.get(r.key_id, KeyTotals())
-                self._totals[r.key_id] = dataclasses.replace(
-                    t, calls=t.calls + r.calls, credits=t.credits + r.credits
-                )
-        for a in batch.activity:
-            t = self._totals.get(a.key_id, KeyTotals())
-            last = a.last_used_at if t.last_used_at is None else max(t.last_used_at, a.last_used_at)
-            self._totals[a.key_id] = dataclasses.replace(
-                t, requests=t.requests + a.requests, last_used_at=last
+        for key_id, add in batch.key_totals().items():
+            t = self._totals.get(key_id, KeyTotals())
+            last = t.last_used_at
+            if add.last_used_at is not None:
+                last = add.last_used_at if last is None else max(last, add.last_used_at)
+            self._totals[key_id] = KeyTotals(
+                t.requests + add.requests, t.calls + add.calls, t.credits + add.credits, last
             )
         for subject, period, amount in batch.counters:
             self._counters[(subject, period)] = self._counters.get((subject, period), 0) + amount

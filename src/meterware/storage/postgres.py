@@ -340,22 +340,17 @@ class PostgresStorage(Storage):
         rollups = sorted(
             (r.account_id, r.key_id, r.day, r.action, r.calls, r.credits) for r in batch.rollups
         )
-        totals: dict[str, list[Any]] = {}  # key_id -> [requests, calls, credits, last_used]
-        for r in batch.rollups:
-            if r.key_id:
-                t = totals.setdefault(r.key_id, [0, 0, 0, None])
-                t[1] += r.calls
-                t[2] += r.credits
-        for a in batch.activity:
-            t = totals.setdefault(a.key_id, [0, 0, 0, None])
-            t[0] += a.requests
-            t[3] = a.last_used_at if t[3] is None else max(t[3], a.last_used_at)
+        totals = batch.key_totals()
         async with self.pool.acquire() as conn, conn.transaction():
             if rollups:
                 await conn.executemany(q.add_rollup, rollups)
             if totals:
                 await conn.executemany(
-                    q.add_totals, [(key_id, *t) for key_id, t in sorted(totals.items())]
+                    q.add_totals,
+                    [
+                        (key_id, t.requests, t.calls, t.credits, t.last_used_at)
+                        for key_id, t in sorted(totals.items())
+                    ],
                 )
             if batch.labels:
                 await conn.executemany(q.set_label, sorted(batch.labels.items()))

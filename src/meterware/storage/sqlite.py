@@ -362,16 +362,7 @@ class SQLiteStorage(Storage):
         # executemany releases and re-takes the GIL for every row.
         if not batch:
             return
-        keys: dict[str, list[Any]] = {}  # key_id -> [requests, calls, credits, last_used]
-        for r in batch.rollups:
-            if r.key_id:
-                t = keys.setdefault(r.key_id, [0, 0, 0, None])
-                t[1] += r.calls
-                t[2] += r.credits
-        for a in batch.activity:
-            t = keys.setdefault(a.key_id, [0, 0, 0, None])
-            t[0] += a.requests
-            t[3] = a.last_used_at if t[3] is None else max(t[3], a.last_used_at)
+        keys = batch.key_totals()
         async with self._write, self._transaction():
             db = self.db
             if batch.rollups:
@@ -381,7 +372,10 @@ class SQLiteStorage(Storage):
                 ]
                 await db.execute(_ADD_ROLLUPS, (json.dumps(rows),))
             if keys:
-                totals = [[key_id, *t] for key_id, t in keys.items()]
+                totals = [
+                    (key_id, t.requests, t.calls, t.credits, t.last_used_at)
+                    for key_id, t in keys.items()
+                ]
                 await db.execute(_ADD_KEY_TOTALS, (json.dumps(totals),))
             if batch.counters:
                 await db.execute(_ADD_COUNTERS, (json.dumps(list(batch.counters)),))
