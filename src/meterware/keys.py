@@ -209,6 +209,10 @@ class StoreResolver:
     Expiry (of a key, or of a rotated secret's grace period) is checked on every request
     against the clock, so it takes effect at once. Entries are also refetched after
     `max_age` seconds, and the cache holds at most `max_entries` secrets.
+
+    The cache is keyed by SHA-256 of a random per-process salt and the secret, not by the
+    secret: the process keeps no plaintext secret, and the key costs a third of the
+    store's HMAC, which is computed only on a miss.
     """
 
     def __init__(
@@ -225,33 +229,44 @@ class StoreResolver:
         self.clock = clock
         self.max_age = max_age
         self.max_entries = max_entries
-        # hash -> (caller or None, key id or None, fetched at)
-        self._cache: dict[str, tuple[Caller | None, str | None, float]] = {}
+        # salted digest -> (caller or None, key id or None, fetched at)
+        self._cache: dict[bytes, tuple[Caller | None, str | None, float]] = {}
+        self._salted = hashlib.sha256(secrets.token_bytes(32))
         self._cursor = 0
         self._length = len(hasher.prefix) + 32
 
     def __len__(self) -> int:
         return len(self._cache)
 
+    def cached(self, secret: str, now: float) -> Caller | None:
+        """The caller of a secret cached, fresh and active at `now`; `None` otherwise
+        (then `await resolver(secret)` decides). No I/O, no coroutine."""
+        entry = self._cache.get(self._digest(secret))
+        if entry is None or now - entry[2] >= self.max_age:
+            return None
+        return _unexpired(entry[0], now)
+
+    def _digest(self, secret: str) -> bytes:
+        mac = self._salted.copy()
+        mac.update(secret.encode())
+        return mac.digest()
+
     async def __call__(self, secret: str) -> Caller | None:
         if len(secret) != self._length or not secret.startswith(self.hasher.prefix):
             return None
-        digest = self.hasher.hash(secret)
+        cache_key = self._digest(secret)
         now = self.clock()
-        entry = self._cache.get(digest)
+        entry = self._cache.get(cache_key)
         if entry is None or now - entry[2] >= self.max_age:
             if not self.hasher.well_formed(secret):  # the full check, before any I/O
                 return None
-            key = await self.store.find_key(digest, now)
+            key = await self.store.find_key(self.hasher.hash(secret), now)
             caller = Caller.from_key(key) if key is not None and key.active(now) else None
             if len(self._cache) >= self.max_entries:
                 self._cache.clear()
             entry = (caller, None if key is None else key.id, now)
-            self._cache[digest] = entry
-        caller = entry[0]
-        if caller is not None and caller.expires_at is not None and now >= caller.expires_at:
-            return None
-        return caller
+            self._cache[cache_key] = entry
+        return _unexpired(entry[0], now)
 
     async def start(self) -> None:
         """Take the store's change cursor, so later polls see only later changes."""
@@ -273,6 +288,12 @@ class StoreResolver:
         for digest in stale:
             del self._cache[digest]
         return len(stale)
+
+
+def _unexpired(caller: Caller | None, now: float) -> Caller | None:
+    if caller is not None and caller.expires_at is not None and now >= caller.expires_at:
+        return None
+    return caller
 
 
 async def create_key(
