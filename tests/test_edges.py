@@ -55,7 +55,8 @@ async def test_month_rollover_never_over_admits():
     """Units of the old month's block cannot be taken while they are being returned."""
     store = MemoryStorage()
     await store.open()
-    counter = QuotaCounter(store, clock=FakeClock())
+    clock = FakeClock()
+    counter = QuotaCounter(store, clock=clock)
     assert await counter.take("requests:k", "2026-03-01", 1, 10_000)
     assert counter.unused("requests:k", "2026-03-01") > 0
     gate = asyncio.Event()
@@ -69,7 +70,7 @@ async def test_month_rollover_never_over_admits():
     rollover = asyncio.create_task(counter.take("requests:k", "2026-04-01", 1, 10_000))
     await asyncio.sleep(0)
     # a request whose clock still read March: its units are gone from reach
-    assert counter.take_now("requests:k", "2026-03-01", 1, 10_000) is False
+    assert counter.take_now("requests:k", "2026-03-01", 1, 10_000, clock()) is False
     gate.set()
     assert await rollover
     assert await store.counter("requests:k", "2026-03-01") == 1

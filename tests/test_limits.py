@@ -313,6 +313,21 @@ async def test_idle_leases_are_returned(store, clock):
     assert await store.counter("requests:k", "p") == 1
 
 
+async def test_idle_leases_are_scanned_at_most_every_quarter_of_lease_idle(store, clock):
+    """The O(leases) scan runs at most every lease_idle / 4 s, so an idle lease goes back
+    between lease_idle and 1.25 × lease_idle after its last use."""
+    counter = QuotaCounter(store, clock=clock, lease_idle=4)
+    assert await counter.take("requests:k", "p", 1, 1000)
+    clock.advance(3.9)
+    await counter.release_idle()  # a scan: nothing idle yet; the next one at +4.9
+    clock.advance(0.6)  # idle for 4.5 s, but the scan is not due
+    await counter.release_idle()
+    assert await store.counter("requests:k", "p") > 1
+    clock.advance(0.4)  # 4.9 s: due
+    await counter.release_idle()
+    assert await store.counter("requests:k", "p") == 1
+
+
 # -- headers ----------------------------------------------------------------------------
 
 

@@ -17,7 +17,8 @@ granted by the store first. The cost of that speed is bounded and documented:
 - a crash loses the unused part of its blocks: those units count as used for the rest of
   the period (at most one block per subject, ≤ `max_block`, and ≤ 1/8 of what remained);
 - with several processes, a block held by a process that gets no more traffic is
-  returned after `lease_idle` seconds; until then the others may refuse up to that many.
+  returned after `lease_idle` to 1.25 × `lease_idle` seconds; until then the others may
+  refuse up to that many.
 """
 
 from __future__ import annotations
@@ -73,11 +74,10 @@ class LocalWindows:
         return len(self._windows)
 
     async def hit(self, subject: str, limit: int) -> MinuteResult:
-        return self.hit_now(subject, limit)
+        return self.hit_now(subject, limit, self.clock())
 
-    def hit_now(self, subject: str, limit: int) -> MinuteResult:
-        """`hit` without a coroutine: the in-process windows never wait."""
-        now = self.clock()
+    def hit_now(self, subject: str, limit: int, now: float) -> MinuteResult:
+        """`hit` at `now`, without a coroutine: the in-process windows never wait."""
         entry = self._windows.get(subject)
         if entry is None or now >= entry[0]:
             entry = [now + self.window, 0]
@@ -243,6 +243,7 @@ class QuotaCounter:
         self.lease_idle = lease_idle
         self._leases: dict[str, _Lease] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._next_scan = 0.0
 
     def __len__(self) -> int:
         return len(self._leases)
@@ -253,21 +254,23 @@ class QuotaCounter:
         With no limit there is nothing to enforce: the units are only counted, through
         `defer` (the write-behind ledger) when one is set.
         """
-        taken = self.take_now(counter, period, amount, limit)
+        taken = self.take_now(counter, period, amount, limit, self.clock())
         if taken:
             return True
         return await self._refill(counter, period, amount, UNLIMITED if limit is None else limit)
 
-    def take_now(self, counter: str, period: str, amount: int, limit: int | None) -> bool:
-        """`take` without I/O: True if units were at hand, False if the store must be
-        asked (call `take`)."""
+    def take_now(
+        self, counter: str, period: str, amount: int, limit: int | None, now: float
+    ) -> bool:
+        """`take` at `now` without I/O: True if units were at hand, False if the store
+        must be asked (call `take`)."""
         if limit is None and self.defer is not None:
             self.defer(counter, period, amount)
             return True
         lease = self._leases.get(counter)
         if lease is not None and lease.period == period and lease.free >= amount:
             lease.free -= amount
-            lease.touched = self.clock()
+            lease.touched = now
             return True
         return False
 
@@ -341,10 +344,16 @@ class QuotaCounter:
     async def release_idle(self) -> None:
         """Return the unused units of leases not touched for `lease_idle` seconds.
 
-        Raises `StorageError` at the first failure; leases not returned are kept and
-        tried again next time.
+        The leases are scanned at most every `lease_idle / 4` seconds (a scan costs
+        O(leases), and this is called after every flush): an idle lease goes back within
+        1.25 × `lease_idle`. Raises `StorageError` at the first failure; leases not
+        returned are kept and tried again at the next scan.
         """
-        cutoff = self.clock() - self.lease_idle
+        now = self.clock()
+        if now < self._next_scan:
+            return
+        self._next_scan = now + self.lease_idle / 4
+        cutoff = now - self.lease_idle
         for counter, lease in list(self._leases.items()):
             if lease.touched < cutoff and not self._busy(counter):
                 await self._return(counter, lease)

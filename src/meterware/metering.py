@@ -80,14 +80,25 @@ class RouteInfo:
 
 
 class RouteCosts:
-    """Finds the endpoint a request will reach, and its declared cost, before it runs."""
+    """Finds the endpoint a request will reach, and its declared cost, before it runs.
 
-    def __init__(self, default: int = 0, *, max_entries: int = 10_000) -> None:
+    `routes_of(scope)` gives the routes to search; it is called only when a path is not
+    in the cache yet.
+    """
+
+    def __init__(
+        self,
+        default: int = 0,
+        *,
+        routes_of: Callable[[Scope], Iterable[Any] | None] = lambda scope: None,
+        max_entries: int = 10_000,
+    ) -> None:
         self.default = _check_credits(default)
+        self.routes_of = routes_of
         self.max_entries = max_entries
         self._cache: dict[tuple[str, str, str], RouteInfo] = {}
 
-    def lookup(self, scope: Scope, routes: Iterable[Any] | None) -> RouteInfo:
+    def lookup(self, scope: Scope) -> RouteInfo:
         """The endpoint that will serve `scope`, its cost and path parameters.
 
         Where no route matches (or the app has no routes), the endpoint is None and the
@@ -96,7 +107,7 @@ class RouteCosts:
         cache_key = (scope["method"], scope.get("root_path", ""), scope["path"])
         found = self._cache.get(cache_key)
         if found is None:
-            found = self._find(scope, routes)
+            found = self._find(scope, self.routes_of(scope))
             if len(self._cache) >= self.max_entries:
                 self._cache.clear()
             self._cache[cache_key] = found

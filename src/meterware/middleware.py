@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from math import ceil
 from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -110,6 +110,9 @@ class MeterwareMiddleware:
             None if resolver is not None else StoreResolver(self.store, self.hasher, clock)
         )
         self.resolve: KeyResolver = resolver if resolver is not None else self.key_cache  # type: ignore[assignment]
+        self._cached: Callable[[str, float], Caller | None] = (
+            self.key_cache.cached if self.key_cache is not None else _no_cache
+        )
         if key_refresh <= 0:
             raise ConfigurationError("key_refresh must be > 0 seconds")
         self.key_refresh = key_refresh
@@ -130,7 +133,7 @@ class MeterwareMiddleware:
         self._x_headers = "x-ratelimit" in families
         self._ietf_headers = "ietf" in families
         self._plans: dict[int, _Plan] = {}
-        self.costs = RouteCosts(default_cost)
+        self.costs = RouteCosts(default_cost, routes_of=self._routes)
         self.charge_rule = _charge_rule(charge)
         self.usage_path = usage_path
         self.usage_app = UsageApp(usage_format)
@@ -163,33 +166,42 @@ class MeterwareMiddleware:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if not self._documented:
             self._document(scope.get("app"))
-        if scope["type"] == "lifespan":
-            return await self._lifespan(scope, receive, send)
-        if scope["type"] != "http" or _route_path(scope) in self.exempt:
+        if scope["type"] != "http":
+            if scope["type"] == "lifespan":
+                return await self._lifespan(scope, receive, send)
+            return await self.app(scope, receive, send)
+        path = _route_path(scope)
+        if path in self.exempt:
             return await self.app(scope, receive, send)
         if not self._started:
             await self.start()
         now = self.clock()
 
-        # 2. who is calling
+        # 2. who is calling (a cached key: no I/O, no await)
         secret = self.extract(scope["headers"])
-        try:
-            caller = await self.resolve(secret) if secret is not None else None
-        except StorageError as exc:
-            return await self._unavailable(scope, send, exc)
+        caller = None
+        if secret is not None:
+            caller = self._cached(secret, now)
+            if caller is None:
+                try:
+                    caller = await self.resolve(secret)
+                except StorageError as exc:
+                    return await self._unavailable(scope, send, exc)
         if caller is None:
             return await self._refuse(send, responses.UNAUTHORIZED, now)
-        try:
-            plan = self._plan_of(caller)
-        except ConfigurationError:
-            log.error("key %s has tier %r, unknown to the tier table", caller.key_id, caller.tier)
-            return await self._refuse(send, responses.FORBIDDEN_TIER, now)
+        plan = self._plans.get(id(caller))
+        if plan is None or plan.caller is not caller:
+            try:
+                plan = self._plan_of(caller)
+            except ConfigurationError:
+                log.error("key %s has tier %r, unknown to the tiers", caller.key_id, caller.tier)
+                return await self._refuse(send, responses.FORBIDDEN_TIER, now)
         limits = plan.limits
         period = self.periods.get(now, limits.anchor_day)
 
         # 3. where it is going
-        route = self.costs.lookup(scope, self._routes(scope))
-        is_usage = _route_path(scope) == self.usage_path or isinstance(route.endpoint, UsageApp)
+        route = self.costs.lookup(scope)
+        is_usage = path == self.usage_path or isinstance(route.endpoint, UsageApp)
         if caller.permission == "site_access":
             site = route.path_params.get(self.website_param)
             if site is not None and str(site) != caller.website_id:
@@ -201,7 +213,9 @@ class MeterwareMiddleware:
         if limits.per_minute is not None:
             try:
                 if self._local_windows is not None:
-                    minute = self._local_windows.hit_now(plan.minute_subject, limits.per_minute)
+                    minute = self._local_windows.hit_now(
+                        plan.minute_subject, limits.per_minute, now
+                    )
                 else:
                     minute = await self.windows.hit(plan.minute_subject, limits.per_minute)
             except StorageError as exc:  # the shared windows failed and fail closed
@@ -221,32 +235,33 @@ class MeterwareMiddleware:
             return await usage_app(scope, receive, send)
 
         # 6. monthly quota, then monthly credits
+        quota = self.quota
         credits = route.cost.credits
         held = 0
         took: bool | None = None
         try:
-            took = self.quota.take_now(
-                plan.requests, period.id, 1, limits.monthly_requests
+            took = quota.take_now(
+                plan.requests, period.id, 1, limits.monthly_requests, now
             ) or await self._take("quota", plan.requests, period.id, 1, limits.monthly_requests)
             if took is False:
                 headers = self._headers(plan, minute, now, period)
                 headers.append((b"retry-after", retry_after(period.end - now)))
                 return await self._refuse(send, responses.QUOTA_EXCEEDED, now, headers)
             if credits:
-                got = self.quota.take_now(
-                    plan.credits, period.id, credits, limits.monthly_credits
+                got = quota.take_now(
+                    plan.credits, period.id, credits, limits.monthly_credits, now
                 ) or await self._take(
                     "credits", plan.credits, period.id, credits, limits.monthly_credits
                 )
                 if got is False:
                     if took:
-                        self.quota.give_back(plan.requests, period.id, 1, limits.monthly_requests)
+                        quota.give_back(plan.requests, period.id, 1, limits.monthly_requests)
                     headers = self._headers(plan, minute, now, period)
                     return await self._refuse(send, responses.INSUFFICIENT_CREDITS, now, headers)
                 held = credits if got else 0
         except StorageError as exc:
             if took:  # the credits check failed closed: this request does not count
-                self.quota.give_back(plan.requests, period.id, 1, limits.monthly_requests)
+                quota.give_back(plan.requests, period.id, 1, limits.monthly_requests)
             return await self._unavailable(scope, send, exc)
 
         # 7. the host's app, metered
@@ -275,11 +290,15 @@ class MeterwareMiddleware:
             await self.app(scope, receive_watching, send_with_headers)
             succeeded = True
         finally:
-            charged = succeeded and bool(status) and not disconnected and self.charge_rule(status)
-            final = call.credits if charged else 0
+            final = call.credits
+            if final and not (
+                succeeded and status and not disconnected and self.charge_rule(status)
+            ):
+                final = 0
             if final > held:
                 await self._charge_more(plan, period.id, final - held)
-            self._settle(call, plan, period.id, held, final)
+            if final or held:
+                self._settle(call, plan, period.id, held, final)
 
     async def _charge_more(self, plan: _Plan, period: str, extra: int) -> None:
         """Count credits a handler added at run time (beyond what was held)."""
@@ -333,37 +352,39 @@ class MeterwareMiddleware:
         if minute is None and limits.per_minute is not None:
             minute = self.windows.peek(plan.minute_subject, limits.per_minute)
         headers: list[tuple[bytes, bytes]] = []
-        if minute is not None and self._x_headers:
-            headers.append((b"x-ratelimit-limit", plan.per_minute_bytes))
-            headers.append((b"x-ratelimit-remaining", b"%d" % minute.remaining))
-            headers.append((b"x-ratelimit-reset", b"%d" % math.ceil(minute.reset_at)))
+        if minute is not None:
+            remaining = b"%d" % minute.remaining
+            minute_t = ceil(minute.reset_at - now)  # < 0 only for a stale shared peek
+            if self._x_headers:
+                headers += (
+                    (b"x-ratelimit-limit", plan.per_minute_bytes),
+                    (b"x-ratelimit-remaining", remaining),
+                    (b"x-ratelimit-reset", b"%d" % ceil(minute.reset_at)),
+                )
         if not self._ietf_headers:
             return headers
         month_limit = limits.monthly_requests
         if month_limit is not None:
-            left = max(0, month_limit - self.quota.estimate(plan.requests, period.id))
-            month = b'"month";r=%d;t=%d' % (left, max(0, math.ceil(period.end - now)))
-        if minute is not None:
-            value = b'"minute";r=%d;t=%d' % (
-                minute.remaining,
-                max(0, math.ceil(minute.reset_at - now)),
-            )
-            if month_limit is not None:
-                value += b", " + month
-        elif month_limit is not None:
-            value = month
+            left = month_limit - self.quota.estimate(plan.requests, period.id)
+            month = b'"month";r=%d;t=%d' % (left if left > 0 else 0, ceil(period.end - now))
+            if minute is not None:
+                value = b'"minute";r=%s;t=%d, %s' % (remaining, max(0, minute_t), month)
+            else:
+                value = month
+        elif minute is not None:
+            value = b'"minute";r=%s;t=%d' % (remaining, max(0, minute_t))
         else:
             return headers
-        headers.append((b"ratelimit-policy", self._policy(limits, period.length)))
-        headers.append((b"ratelimit", value))
+        if plan.policy_period is not period:  # once per caller and billing period
+            plan.policy = self._policy(limits, period.length)
+            plan.policy_period = period
+        headers += ((b"ratelimit-policy", plan.policy), (b"ratelimit", value))
         return headers
 
     def _plan_of(self, caller: Caller) -> _Plan:
         """What the request path needs to know of a caller, worked out once per caller
-        object (the key cache returns the same object for every request of a key)."""
-        plan = self._plans.get(id(caller))
-        if plan is not None and plan.caller is caller:
-            return plan
+        object (the key cache returns the same object for every request of a key) and
+        kept in `_plans` under the object's id."""
         subject = self.quota_subject(caller)
         limits = self.tiers.limits_for(caller)
         plan = _Plan(
@@ -555,9 +576,9 @@ class MeterwareMiddleware:
                 self.windows.sweep()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Plan:
-    """A caller's limits and counter names, derived once per caller."""
+    """A caller's limits, counter names and header parts, derived once per caller."""
 
     caller: Caller
     limits: Limits
@@ -565,6 +586,12 @@ class _Plan:
     requests: str
     credits: str
     per_minute_bytes: bytes
+    policy: bytes = b""  # the RateLimit-Policy value for `policy_period`
+    policy_period: MonthPeriod | None = None
+
+
+def _no_cache(secret: str, now: float) -> Caller | None:
+    return None
 
 
 def _known(tiers: TierTable, name: str) -> bool:
