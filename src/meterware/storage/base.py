@@ -36,7 +36,7 @@ UPDATABLE_KEY_FIELDS = frozenset({
 """The `ApiKey` fields `update_key` may change; any other name is a `ValueError`."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Rollup:
     """Calls and credits charged to one key for one action on one UTC day (`YYYY-MM-DD`).
 
@@ -51,7 +51,7 @@ class Rollup:
     credits: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class KeyActivity:
     """Requests admitted for a key since the last flush, and the last one's time."""
 
@@ -78,18 +78,24 @@ class UsageBatch:
         totals: dict[str, KeyTotals] = {}
         for r in self.rollups:
             if r.key_id:
-                t = totals.get(r.key_id, _NO_TOTALS)
-                totals[r.key_id] = KeyTotals(
-                    t.requests, t.calls + r.calls, t.credits + r.credits, t.last_used_at
-                )
+                t = totals.get(r.key_id)
+                if t is None:
+                    totals[r.key_id] = KeyTotals(0, r.calls, r.credits, None)
+                else:
+                    t.calls += r.calls
+                    t.credits += r.credits
         for a in self.activity:
-            t = totals.get(a.key_id, _NO_TOTALS)
-            last = a.last_used_at if t.last_used_at is None else max(t.last_used_at, a.last_used_at)
-            totals[a.key_id] = KeyTotals(t.requests + a.requests, t.calls, t.credits, last)
+            t = totals.get(a.key_id)
+            if t is None:
+                totals[a.key_id] = KeyTotals(a.requests, 0, 0, a.last_used_at)
+            else:
+                t.requests += a.requests
+                if t.last_used_at is None or a.last_used_at > t.last_used_at:
+                    t.last_used_at = a.last_used_at
         return totals
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class UsageRow:
     """One line of a usage query: an action's calls and credits on a day."""
 
@@ -99,7 +105,7 @@ class UsageRow:
     credits: int
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class KeyTotals:
     """A key's lifetime numbers."""
 
@@ -107,9 +113,6 @@ class KeyTotals:
     calls: int = 0
     credits: int = 0
     last_used_at: float | None = None
-
-
-_NO_TOTALS = KeyTotals()
 
 
 class Storage(abc.ABC):

@@ -141,13 +141,15 @@ class MemoryStorage(Storage):
             row[0] += r.calls
             row[1] += r.credits
         for key_id, add in batch.key_totals().items():
-            t = self._totals.get(key_id, KeyTotals())
-            last = t.last_used_at
-            if add.last_used_at is not None:
-                last = add.last_used_at if last is None else max(last, add.last_used_at)
-            self._totals[key_id] = KeyTotals(
-                t.requests + add.requests, t.calls + add.calls, t.credits + add.credits, last
-            )
+            t = self._totals.get(key_id)
+            if t is None:
+                self._totals[key_id] = add
+                continue
+            t.requests += add.requests
+            t.calls += add.calls
+            t.credits += add.credits
+            if t.last_used_at is None or (add.last_used_at or 0) > t.last_used_at:
+                t.last_used_at = add.last_used_at
         for subject, period, amount in batch.counters:
             self._counters[(subject, period)] = self._counters.get((subject, period), 0) + amount
         self._labels.update(batch.labels)
@@ -165,7 +167,8 @@ class MemoryStorage(Storage):
         return [UsageRow(d, a, c, cr) for (d, a), (c, cr) in sorted(sums.items())]
 
     async def key_totals(self, key_id: str) -> KeyTotals:
-        return self._totals.get(key_id, KeyTotals())
+        t = self._totals.get(key_id)
+        return KeyTotals() if t is None else dataclasses.replace(t)  # a copy: callers may change it
 
     async def labels(self) -> dict[str, str]:
         return dict(self._labels)
