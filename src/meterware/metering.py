@@ -97,6 +97,8 @@ class RouteCosts:
         self.routes_of = routes_of
         self.max_entries = max_entries
         self._cache: dict[tuple[str, str, str], RouteInfo] = {}
+        self.labels: dict[str, str] = {}
+        """The label of every action found so far (the routes' current labels)."""
 
     def lookup(self, scope: Scope) -> RouteInfo:
         """The endpoint that will serve `scope`, its cost and path parameters.
@@ -108,6 +110,7 @@ class RouteCosts:
         found = self._cache.get(cache_key)
         if found is None:
             found = self._find(scope, self.routes_of(scope))
+            self.labels[found.cost.action] = found.cost.label
             if len(self._cache) >= self.max_entries:
                 self._cache.clear()
             self._cache[cache_key] = found

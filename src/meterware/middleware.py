@@ -157,7 +157,6 @@ class MeterwareMiddleware:
         self._started = False
         self._starting: asyncio.Lock | None = None
         self._task: asyncio.Task[None] | None = None
-        self._known_labels: dict[str, str] = {}
         self._documented = False
         self._stopping = False
 
@@ -197,7 +196,9 @@ class MeterwareMiddleware:
                 log.error("key %s has tier %r, unknown to the tiers", caller.key_id, caller.tier)
                 return await self._refuse(send, responses.FORBIDDEN_TIER, now)
         limits = plan.limits
-        period = self.periods.get(now, limits.anchor_day)
+        period = plan.period
+        if period is None or not period.start <= now < period.end:
+            period = plan.period = self.periods.get(now, limits.anchor_day)
 
         # 3. where it is going
         route = self.costs.lookup(scope)
@@ -266,7 +267,6 @@ class MeterwareMiddleware:
 
         # 7. the host's app, metered
         call.cost, call.credits = route.cost, credits
-        self.meter.admitted(caller.key_id, now)
         extra = self._headers(plan, minute, now, period)
         status = 0
         disconnected = False
@@ -290,15 +290,19 @@ class MeterwareMiddleware:
             await self.app(scope, receive_watching, send_with_headers)
             succeeded = True
         finally:
+            meter = self.meter
+            meter.admitted(caller.key_id, now)
             final = call.credits
             if final and not (
                 succeeded and status and not disconnected and self.charge_rule(status)
             ):
                 final = 0
-            if final > held:
+            if final and call.cost is not None:
+                meter.charge(caller.account_id, caller.key_id, call.cost, final, now)
+            if final < held:
+                quota.give_back(plan.credits, period.id, held - final, limits.monthly_credits)
+            elif final > held:
                 await self._charge_more(plan, period.id, final - held)
-            if final or held:
-                self._settle(call, plan, period.id, held, final)
 
     async def _charge_more(self, plan: _Plan, period: str, extra: int) -> None:
         """Count credits a handler added at run time (beyond what was held)."""
@@ -306,15 +310,6 @@ class MeterwareMiddleware:
             await self.quota.force(plan.credits, period, extra, plan.limits.monthly_credits)
         except StorageError as exc:
             log.warning("could not count %d extra credits: %s", extra, exc)
-
-    def _settle(self, call: Call, plan: _Plan, period: str, held: int, final: int) -> None:
-        """Record the call's charge, and return the credits held but not charged."""
-        if final < held:
-            self.quota.give_back(plan.credits, period, held - final, plan.limits.monthly_credits)
-        if final > 0 and call.cost is not None:
-            cost = call.cost
-            self._known_labels[cost.action] = cost.label
-            self.meter.charge(call.caller.account_id, call.caller.key_id, cost, final, self.clock())
 
     # -- helpers of the request path ---------------------------------------------------
 
@@ -445,7 +440,7 @@ class MeterwareMiddleware:
 
     async def labels(self) -> dict[str, str]:
         """Action labels: those recorded in storage, overridden by the routes' current ones."""
-        return {**await self.store.labels(), **self._known_labels}
+        return {**await self.store.labels(), **self.costs.labels}
 
     # -- lifecycle ---------------------------------------------------------------------
 
@@ -586,6 +581,7 @@ class _Plan:
     requests: str
     credits: str
     per_minute_bytes: bytes
+    period: MonthPeriod | None = None  # the current billing period, as last seen
     policy: bytes = b""  # the RateLimit-Policy value for `policy_period`
     policy_period: MonthPeriod | None = None
 
