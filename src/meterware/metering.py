@@ -177,7 +177,7 @@ class Meter:
         *,
         clock: Clock = system_clock,
         flush_interval: float = 0.5,
-        flush_batch: int = 1000,
+        flush_batch: int = 10_000,
         max_pending: int = 100_000,
     ) -> None:
         if flush_interval <= 0 or flush_batch < 1 or max_pending < 1:

@@ -85,7 +85,7 @@ class MeterwareMiddleware:
         usage_path: str | None = None,
         usage_format: UsageFormat = "quota",
         flush_interval: float = 0.5,
-        flush_batch: int = 1000,
+        flush_batch: int = 10_000,
         max_pending: int = 100_000,
         quota_block: int = 1000,
         lease_idle: float = 60.0,

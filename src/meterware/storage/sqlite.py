@@ -88,6 +88,8 @@ def _from_json(*columns: str) -> str:
     return f"SELECT {picks} FROM json_each(?1) WHERE true"  # WHERE: for the upsert's parser
 
 
+_CHUNK = 500  # rows per ledger statement
+
 _ADD_ROLLUPS = (
     "INSERT INTO usage_daily (key_id, action, day, account_id, calls, credits) "
     + _from_json("key_id", "action", "day", "account_id", "calls", "credits")
@@ -357,30 +359,31 @@ class SQLiteStorage(Storage):
     # -- usage ledger ----------------------------------------------------------------
 
     async def record(self, batch: UsageBatch) -> None:
-        # Each table is written by one statement over a JSON array (one parameter): one
-        # trip to the connection's thread and one release of the GIL per table, where
-        # executemany releases and re-takes the GIL for every row.
+        # Each table is written by statements over a JSON array of up to _CHUNK rows (one
+        # parameter): one trip to the connection's thread per chunk, where executemany
+        # releases and re-takes the GIL for every row. While the thread runs a chunk, the
+        # event loop serves requests: a big flush never holds the loop for long.
         if not batch:
             return
         keys = batch.key_totals()
         async with self._write, self._transaction():
-            db = self.db
-            if batch.rollups:
-                rows = [
+            await self._each_chunk(
+                _ADD_ROLLUPS,
+                [
                     (r.key_id, r.action, r.day, r.account_id, r.calls, r.credits)
                     for r in batch.rollups
-                ]
-                await db.execute(_ADD_ROLLUPS, (json.dumps(rows),))
-            if keys:
-                totals = [
-                    (key_id, t.requests, t.calls, t.credits, t.last_used_at)
-                    for key_id, t in keys.items()
-                ]
-                await db.execute(_ADD_KEY_TOTALS, (json.dumps(totals),))
-            if batch.counters:
-                await db.execute(_ADD_COUNTERS, (json.dumps(list(batch.counters)),))
-            if batch.labels:
-                await db.execute(_SET_LABELS, (json.dumps(list(batch.labels.items())),))
+                ],
+            )
+            await self._each_chunk(
+                _ADD_KEY_TOTALS,
+                [(k, t.requests, t.calls, t.credits, t.last_used_at) for k, t in keys.items()],
+            )
+            await self._each_chunk(_ADD_COUNTERS, list(batch.counters))
+            await self._each_chunk(_SET_LABELS, list(batch.labels.items()))
+
+    async def _each_chunk(self, statement: str, rows: list[Any]) -> None:
+        for start in range(0, len(rows), _CHUNK):
+            await self.db.execute(statement, (json.dumps(rows[start : start + _CHUNK]),))
 
     async def usage(
         self, *, account_id: str, key_id: str | None, first_day: str, last_day: str
