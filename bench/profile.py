@@ -122,45 +122,48 @@ async def micro(mw: Any, secret: str) -> list[str]:
             out.append(f"{'n/a':>9}     {name} ({type(exc).__name__}: {exc})")
 
     caller = _sync(mw.resolve(secret))
-    limits = mw.tiers.limits_for(caller)
-    routes = mw._routes({**scope, "app": None})
-    period = mw.periods.get(now, limits.anchor_day).id
-    subject = mw.quota_subject(caller)
-    minute = _sync(mw.windows.hit(subject, limits.per_minute)) if mw.windows.local else None
-    route = mw.costs.lookup(scope, routes)
+    plan = mw._plan_of(caller)
+    limits = plan.limits
+    period = mw.periods.get(now, limits.anchor_day)
+    minute = (
+        mw.windows.hit_now(plan.minute_subject, limits.per_minute, now)
+        if mw.windows.local
+        else None
+    )
+    route = mw.costs.lookup(scope)
 
     t("KeyExtractor: the secret from the headers", lambda: lambda: mw.extract(headers))
-    t("SecretHasher.well_formed (regex)", lambda: lambda: mw.hasher.well_formed(secret))
-    t("SecretHasher.hash (HMAC-SHA-256 + hex)", lambda: lambda: mw.hasher.hash(secret))
-    t("StoreResolver: cached key, whole call", lambda: lambda: _sync(mw.resolve(secret)))
-    t("TierTable.limits_for (a new Limits)", lambda: lambda: mw.tiers.limits_for(caller))
-    t("RouteCosts.lookup (cached per path)", lambda: lambda: mw.costs.lookup(scope, routes))
+    t(
+        "StoreResolver.cached: a cached key (salted SHA-256 + dict)",
+        lambda: lambda: mw.key_cache.cached(secret, now),
+    )
+    t(
+        "SecretHasher.hash (HMAC-SHA-256, only on a cache miss)",
+        lambda: lambda: mw.hasher.hash(secret),
+    )
+    t("the caller's plan (one dict lookup)", lambda: lambda: mw._plans.get(id(caller)))
+    t("RouteCosts.lookup (cached per path)", lambda: lambda: mw.costs.lookup(scope))
     if mw.windows.local:
         t(
-            "LocalWindows.hit (a new MinuteResult)",
-            lambda: lambda: _sync(mw.windows.hit(subject, limits.per_minute)),
+            "LocalWindows.hit_now (a new MinuteResult)",
+            lambda: lambda: mw.windows.hit_now(plan.minute_subject, limits.per_minute, now),
         )
-    t("PeriodCache.get", lambda: lambda: mw.periods.get(now, limits.anchor_day))
-    t("requests_counter(subject) f-string", lambda: lambda: f"requests:{subject}")
 
     def take() -> Callable[[], Any]:
-        from meterware.limits import requests_counter
-
         def go() -> None:
-            counter = requests_counter(subject)
-            if not _sync(mw.quota.take(counter, period, 1, limits.monthly_requests)):
-                raise RuntimeError("refused")
-            mw.quota.give_back(counter, period, 1)
+            if not mw.quota.take_now(plan.requests, period.id, 1, limits.monthly_requests, now):
+                raise RuntimeError("no units at hand")
+            mw.quota.give_back(plan.requests, period.id, 1, limits.monthly_requests)
 
         return go
 
-    t("QuotaCounter.take + give_back (lease hit)", take)
-    t("_headers: the rate-limit headers", lambda: lambda: mw._headers(caller, limits, minute, now))
+    t("QuotaCounter.take_now + give_back (lease hit)", take)
+    t("_headers: the rate-limit headers", lambda: lambda: mw._headers(plan, minute, now, period))
 
     def merge() -> Callable[[], Any]:
         from meterware.middleware import _merge_headers
 
-        extra = mw._headers(caller, limits, minute, now)
+        extra = mw._headers(plan, minute, now, period)
         app_headers = [(b"content-length", b"5"), (b"content-type", b"text/plain; charset=utf-8")]
         return lambda: _merge_headers(app_headers, extra)
 
@@ -173,7 +176,7 @@ async def micro(mw: Any, secret: str) -> list[str]:
 
     t("Call(caller, runtime) per request", call)
     t("Meter.admitted", lambda: lambda: mw.meter.admitted(caller.key_id, now))
-    if route.cost is not None and route.cost.credits:
+    if route.cost.credits:
         t(
             "Meter.charge",
             lambda: (

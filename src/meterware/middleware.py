@@ -342,38 +342,46 @@ class MeterwareMiddleware:
     def _headers(
         self, plan: _Plan, minute: MinuteResult | None, now: float, period: MonthPeriod
     ) -> list[tuple[bytes, bytes]]:
-        """The rate-limit headers for this caller's current numbers."""
+        """The rate-limit headers for this caller's current numbers.
+
+        What stays the same for a caller (the limit, the policy, a window's reset) is
+        built once and reused; per request only the remaining counts and seconds are
+        formatted."""
         limits = plan.limits
         if minute is None and limits.per_minute is not None:
             minute = self.windows.peek(plan.minute_subject, limits.per_minute)
         headers: list[tuple[bytes, bytes]] = []
-        if minute is not None:
-            remaining = b"%d" % minute.remaining
-            minute_t = ceil(minute.reset_at - now)  # < 0 only for a stale shared peek
-            if self._x_headers:
-                headers += (
-                    (b"x-ratelimit-limit", plan.per_minute_bytes),
-                    (b"x-ratelimit-remaining", remaining),
-                    (b"x-ratelimit-reset", b"%d" % ceil(minute.reset_at)),
-                )
+        if minute is not None and self._x_headers:
+            if plan.reset_at != minute.reset_at:  # once per window
+                plan.reset_at = minute.reset_at
+                plan.reset = (b"x-ratelimit-reset", b"%d" % ceil(minute.reset_at))
+            headers = [
+                plan.x_limit,
+                (b"x-ratelimit-remaining", b"%d" % minute.remaining),
+                plan.reset,
+            ]
         if not self._ietf_headers:
             return headers
         month_limit = limits.monthly_requests
-        if month_limit is not None:
-            left = month_limit - self.quota.estimate(plan.requests, period.id)
-            month = b'"month";r=%d;t=%d' % (left if left > 0 else 0, ceil(period.end - now))
-            if minute is not None:
-                value = b'"minute";r=%s;t=%d, %s' % (remaining, max(0, minute_t), month)
+        if minute is not None:
+            minute_t = ceil(minute.reset_at - now)
+            minute_t = minute_t if minute_t > 0 else 0  # < 0 only for a stale shared peek
+            if month_limit is not None:
+                left = month_limit - self.quota.estimate(plan.requests, period.id)
+                value = b'"minute";r=%d;t=%d, "month";r=%d;t=%d' % (
+                    minute.remaining, minute_t, left if left > 0 else 0, ceil(period.end - now)
+                )  # fmt: skip
             else:
-                value = month
-        elif minute is not None:
-            value = b'"minute";r=%s;t=%d' % (remaining, max(0, minute_t))
+                value = b'"minute";r=%d;t=%d' % (minute.remaining, minute_t)
+        elif month_limit is not None:
+            left = month_limit - self.quota.estimate(plan.requests, period.id)
+            value = b'"month";r=%d;t=%d' % (left if left > 0 else 0, ceil(period.end - now))
         else:
             return headers
         if plan.policy_period is not period:  # once per caller and billing period
-            plan.policy = self._policy(limits, period.length)
+            plan.policy = (b"ratelimit-policy", self._policy(limits, period.length))
             plan.policy_period = period
-        headers += ((b"ratelimit-policy", plan.policy), (b"ratelimit", value))
+        headers += (plan.policy, (b"ratelimit", value))
         return headers
 
     def _plan_of(self, caller: Caller) -> _Plan:
@@ -388,7 +396,7 @@ class MeterwareMiddleware:
             minute_subject=caller.account_id if self.rate_limit_by == "account" else subject,
             requests=requests_counter(subject),
             credits=credits_counter(subject),
-            per_minute_bytes=b"%d" % (limits.per_minute or 0),
+            x_limit=(b"x-ratelimit-limit", b"%d" % (limits.per_minute or 0)),
         )
         if len(self._plans) >= 100_000:
             self._plans.clear()
@@ -580,10 +588,12 @@ class _Plan:
     minute_subject: str
     requests: str
     credits: str
-    per_minute_bytes: bytes
+    x_limit: tuple[bytes, bytes]  # the X-RateLimit-Limit header
     period: MonthPeriod | None = None  # the current billing period, as last seen
-    policy: bytes = b""  # the RateLimit-Policy value for `policy_period`
+    policy: tuple[bytes, bytes] = (b"", b"")  # the RateLimit-Policy header for policy_period
     policy_period: MonthPeriod | None = None
+    reset: tuple[bytes, bytes] = (b"", b"")  # the X-RateLimit-Reset header for reset_at
+    reset_at: float = -1.0
 
 
 def _no_cache(secret: str, now: float) -> Caller | None:
@@ -633,16 +643,19 @@ def _merge_headers(
     headers: Iterable[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
     """The response's headers plus ours, leaving out any family the app already set."""
+    for name, _ in headers:
+        if b"atelimit" in name:  # rare: the app set rate-limit headers of its own
+            return _merge_own(headers, extra)
+    return [*headers, *extra]
+
+
+def _merge_own(
+    headers: Iterable[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
     merged = list(headers)
-    own_x = own_ietf = False
-    for name, _ in merged:
-        if b"atelimit" in name:  # rare: only then look closer
-            lowered = name.lower()
-            own_x = own_x or lowered.startswith(b"x-ratelimit-")
-            own_ietf = own_ietf or lowered in (b"ratelimit", b"ratelimit-policy")
-    if own_x:
+    names = [name.lower() for name, _ in merged]
+    if any(name.startswith(b"x-ratelimit-") for name in names):
         extra = [h for h in extra if not h[0].startswith(b"x-ratelimit")]
-    if own_ietf:
+    if any(name in (b"ratelimit", b"ratelimit-policy") for name in names):
         extra = [h for h in extra if h[0] not in (b"ratelimit", b"ratelimit-policy")]
-    merged.extend(extra)
-    return merged
+    return merged + extra
