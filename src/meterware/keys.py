@@ -179,24 +179,25 @@ KeyResolver = Callable[[str], Awaitable["Caller | None"]]
 class KeyExtractor:
     """Finds the presented secret in a request's headers (never in the query string)."""
 
-    __slots__ = ("_bearer", "_names")
+    __slots__ = ("_names", "_wanted")
 
     def __init__(self, header_names: Iterable[str] = ("x-api-key",), *, bearer: bool = True):
-        self._names = tuple(name.lower().encode("latin-1") for name in header_names)
-        self._bearer = bearer
-        if not self._names and not bearer:
+        self._names = frozenset(name.lower().encode("latin-1") for name in header_names)
+        self._wanted = self._names | {b"authorization"} if bearer else self._names
+        if not self._wanted:
             raise ConfigurationError("no way to present a key: give key_headers or bearer=True")
 
     def __call__(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
         """The secret from raw ASGI headers, `None` when there is none."""
-        names = self._names
+        wanted = self._wanted
         for name, value in headers:
-            if name in names:
+            if name not in wanted:  # one set lookup per header: most are not ours
+                continue
+            if name in self._names:
                 return value.decode("latin-1").strip() or None
-            if self._bearer and name == b"authorization":
-                scheme, _, token = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer" and token.strip():
-                    return token.strip()
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
         return None
 
 
