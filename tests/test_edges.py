@@ -136,3 +136,51 @@ async def test_middleware_inside_a_mounted_sub_app(clock):
         usage = await client.get("/api/usage", headers=bearer(secret))
     assert usage.status_code == 200
     assert usage.json()["data"]["usage"]["monthly_requests"] == 1
+
+
+async def test_response_headers_given_as_a_one_shot_iterable_are_all_kept(clock):
+    """ASGI lets an app give its headers as any iterable: each is sent once, with ours."""
+    store = MemoryStorage()
+    await store.open()
+    _, secret = await new_key(store, clock, tier="pro")
+
+    async def raw(scope, receive, send):
+        if scope["type"] != "http":
+            return  # no lifespan of its own: meterware completes it
+        headers = ((name, value) for name, value in [(b"content-type", b"text/plain")])
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": b"ok"})
+
+    async with serve(MeterwareMiddleware(raw, storage=store, clock=clock)) as client:
+        response = await client.get("/", headers=bearer(secret))
+    assert response.headers["content-type"] == "text/plain"
+    assert response.headers["x-ratelimit-limit"] == "30"
+    assert [n for n, _ in response.headers.raw].count(b"content-type") == 1
+    await store.close()
+
+
+async def test_last_use_is_the_latest_admission_even_when_requests_overlap(clock):
+    """A long request that started first does not set a key's last use back."""
+    store = MemoryStorage()
+    await store.open()
+    key, secret = await new_key(store, clock, tier="pro")
+    release = asyncio.Event()
+
+    async def slow(request):
+        await release.wait()
+        return PlainTextResponse("slow")
+
+    async def fast(request):
+        return PlainTextResponse("fast")
+
+    routes = [Route("/slow", slow), Route("/fast", fast)]
+    app = starlette_app(store, clock, routes=routes, flush_interval=3600)
+    async with serve(app) as client:
+        first = asyncio.create_task(client.get("/slow", headers=bearer(secret)))
+        await asyncio.sleep(0.05)
+        clock.advance(5)
+        assert (await client.get("/fast", headers=bearer(secret))).status_code == 200
+        release.set()
+        assert (await first).status_code == 200
+    assert (await store.key_totals(key.id)).last_used_at == clock()
+    await store.close()

@@ -375,3 +375,14 @@ def test_reset_instant_is_first_instant_of_next_month():
     """monthly_reset_at for 7 Feb 2026 is 2026-03-01T00:00:00.000Z (reference B)."""
     period = month_period(datetime(2026, 2, 7, 12, tzinfo=timezone.utc).timestamp())
     assert iso(period.end) == "2026-03-01T00:00:00.000Z"
+
+
+async def test_idle_lease_scan_survives_a_clock_set_back(store, clock):
+    """After the clock is set back, the next release_idle scans instead of waiting."""
+    counter = QuotaCounter(store, clock=clock, lease_idle=4)
+    await counter.release_idle()  # a scan; the next one due 1 s later
+    clock.advance(-3600)
+    assert await counter.take("requests:k", "p", 1, 1000)
+    clock.advance(5)  # idle for 5 s, an hour before the last scan's time
+    await counter.release_idle()
+    assert await store.counter("requests:k", "p") == 1

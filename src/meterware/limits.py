@@ -350,9 +350,10 @@ class QuotaCounter:
         returned are kept and tried again at the next scan.
         """
         now = self.clock()
-        if now < self._next_scan:
+        interval = self.lease_idle / 4
+        if self._next_scan - interval <= now < self._next_scan:  # (a clock set back: scan)
             return
-        self._next_scan = now + self.lease_idle / 4
+        self._next_scan = now + interval
         cutoff = now - self.lease_idle
         for counter, lease in list(self._leases.items()):
             if lease.touched < cutoff and not self._busy(counter):

@@ -267,6 +267,7 @@ class MeterwareMiddleware:
 
         # 7. the host's app, metered
         call.cost, call.credits = route.cost, credits
+        self.meter.admitted(caller.key_id, now)
         extra = self._headers(plan, minute, now, period)
         status = 0
         disconnected = False
@@ -290,15 +291,13 @@ class MeterwareMiddleware:
             await self.app(scope, receive_watching, send_with_headers)
             succeeded = True
         finally:
-            meter = self.meter
-            meter.admitted(caller.key_id, now)
             final = call.credits
             if final and not (
                 succeeded and status and not disconnected and self.charge_rule(status)
             ):
                 final = 0
             if final and call.cost is not None:
-                meter.charge(caller.account_id, caller.key_id, call.cost, final, now)
+                self.meter.charge(caller.account_id, caller.key_id, call.cost, final, now)
             if final < held:
                 quota.give_back(plan.credits, period.id, held - final, limits.monthly_credits)
             elif final > held:
@@ -642,17 +641,19 @@ def _route_path(scope: Scope) -> str:
 def _merge_headers(
     headers: Iterable[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
-    """The response's headers plus ours, leaving out any family the app already set."""
-    for name, _ in headers:
+    """The response's headers plus ours, leaving out any family the app already set.
+    The app's headers may be any iterable (read once); its own list is never changed."""
+    merged = list(headers)
+    for name, _ in merged:
         if b"atelimit" in name:  # rare: the app set rate-limit headers of its own
-            return _merge_own(headers, extra)
-    return [*headers, *extra]
+            return _merge_own(merged, extra)
+    merged += extra
+    return merged
 
 
 def _merge_own(
-    headers: Iterable[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]
+    merged: list[tuple[bytes, bytes]], extra: list[tuple[bytes, bytes]]
 ) -> list[tuple[bytes, bytes]]:
-    merged = list(headers)
     names = [name.lower() for name, _ in merged]
     if any(name.startswith(b"x-ratelimit-") for name in names):
         extra = [h for h in extra if not h[0].startswith(b"x-ratelimit")]

@@ -157,7 +157,7 @@ def _export_memory(store: MemoryStorage) -> Snapshot:
         totals = store._totals.get(key_id)
         if totals is None:  # never used: the key's own field is its last use, as get_key
             totals = KeyTotals(last_used_at=key.last_used_at)
-        snap.totals[key_id] = totals
+        snap.totals[key_id] = replace(totals)  # a copy: the store updates its own in place
     snap.secrets = dict(store._secrets)
     snap.counters = dict(store._counters)
     snap.rollups = {k: (v[0], v[1]) for k, v in store._daily.items()}
