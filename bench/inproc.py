@@ -7,14 +7,13 @@ request the driver awaits `asyncio.sleep(0)`, so meterware's background task (le
 flush, key polling, quota leases) runs in the same loop and is paid for in the batch's
 WALL-CLOCK time, which is what is reported: microseconds per request over a batch.
 
-Variants are measured in the same run, interleaved: for each key count, every variant's
-app is built and started once (lifespan, every key touched, a warm-up), and all stay up
-while the rounds run; every round times one batch of each variant, in an order rotated by
-one each round. A batch is short (seconds), so a machine whose speed drifts over minutes
-slows every variant of a round alike. Each meterware batch ends by writing its ledger
-(`Meter.flush`) inside the timing: a batch pays for its own usage writes, never for the
-previous variant's. The idle apps' background tasks (a timer and a key poll per second)
-cost every variant alike.
+Variants are measured in the same run, interleaved: every round runs every variant once,
+in an order rotated by one each round, each with a fresh app whose lifespan is started
+before and shut down after (outside the timing); only one app is up at a time, so no
+variant pays for another's objects in a garbage collection. Before the timed batch every
+key is touched once (filling the key cache and the quota leases) and then again,
+rotating. Each meterware batch ends by writing its ledger (`Meter.flush`) inside the
+timing: a batch pays for all of its own usage writes.
 
 `measure_memory` counts what the middleware keeps per active key (key cache, per-minute
 window, quota leases) after requests from 100,000 distinct keys.
@@ -23,7 +22,6 @@ window, quota leases) after requests from 100,000 distinct keys.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import os
 import statistics
@@ -233,26 +231,24 @@ class Measured:
     skip: str | None = None
 
 
-async def _start(
-    stack: contextlib.AsyncExitStack,
-    variant: Variant,
-    n: int,
-    batch: int,
-    warmup: int,
-    max_seconds: float,
-) -> tuple[Driver, int]:
-    """A started, warm app of `variant` with `n` keys, and its batch size.
+async def _one(
+    variant: Variant, n: int, batch: int, warmup: int, max_seconds: float
+) -> tuple[float, int]:
+    """µs per request of one timed batch, and its size.
 
     Warm-up: every key once (concurrently), then `warmup` requests one at a time, which
     also sizes the batch: `batch` requests, fewer if they would take over `max_seconds`
     (never fewer than 1,000).
     """
     app, secrets = await variant.build(n)
-    await stack.enter_async_context(Lifespan(app))
-    driver = Driver(app, apps.PATH, secrets)
-    await driver.touch_all()
-    per_request = await driver.run(warmup) / warmup
-    return driver, max(1000, min(batch, int(max_seconds / per_request)))
+    async with Lifespan(app):
+        driver = Driver(app, apps.PATH, secrets)
+        await driver.touch_all()
+        per_request = await driver.run(warmup) / warmup
+        count = max(1000, min(batch, int(max_seconds / per_request)))
+        gc.collect()
+        elapsed = await driver.run(count)
+    return elapsed / count * 1e6, count
 
 
 async def run(
@@ -279,27 +275,25 @@ async def run(
             for v in all_variants
             if n >= v.min_keys
         }
-        async with contextlib.AsyncExitStack() as stack:
-            ready = {v.name: await _start(stack, v, n, batch, warmup, max_seconds) for v in live}
-            for r in range(rounds):
-                order = live[r % len(live) :] + live[: r % len(live)]
-                this_round: dict[str, float] = {}
-                for v in order:
-                    driver, count = ready[v.name]
-                    gc.collect()
-                    us = await driver.run(count) / count * 1e6
-                    this_round[v.name] = us
-                    results[v.name].us.append(us)
-                    results[v.name].requests.append(count)
-                bare = this_round.get("bare")
-                if bare is not None:
-                    for name, us in this_round.items():
-                        results[name].added.append(us - bare)
-                say(
-                    f"in-process, {n} keys, round {r + 1}/{rounds}: "
-                    + ", ".join(f"{k} {v:.1f}" for k, v in this_round.items())
-                    + " µs/req"
-                )
+        for v in live:  # create the keys before any timing
+            await v.build(n)
+        for r in range(rounds):
+            order = live[r % len(live) :] + live[: r % len(live)]
+            this_round: dict[str, float] = {}
+            for v in order:
+                us, count = await _one(v, n, batch, warmup, max_seconds)
+                this_round[v.name] = us
+                results[v.name].us.append(us)
+                results[v.name].requests.append(count)
+            bare = this_round.get("bare")
+            if bare is not None:
+                for name, us in this_round.items():
+                    results[name].added.append(us - bare)
+            say(
+                f"in-process, {n} keys, round {r + 1}/{rounds}: "
+                + ", ".join(f"{k} {v:.1f}" for k, v in this_round.items())
+                + " µs/req"
+            )
         out += results.values()
     return out
 
