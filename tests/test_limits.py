@@ -386,3 +386,13 @@ async def test_idle_lease_scan_survives_a_clock_set_back(store, clock):
     clock.advance(5)  # idle for 5 s, an hour before the last scan's time
     await counter.release_idle()
     assert await store.counter("requests:k", "p") == 1
+
+
+async def test_refill_locks_live_only_while_a_refill_is_under_way(store, clock):
+    """Concurrent refills of one counter are serialised (exactly the limit is granted),
+    and no per-counter lock is kept once they are done."""
+    counter = QuotaCounter(store, clock=clock)
+    results = await asyncio.gather(*(counter.take("requests:k", "p", 1, 20) for _ in range(50)))
+    assert results.count(True) == 20
+    assert await store.counter("requests:k", "p") == 20
+    assert counter._refills == {}

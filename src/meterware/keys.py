@@ -129,7 +129,7 @@ class ApiKey:
         return replace(self, **changes)  # type: ignore[arg-type]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Caller:
     """Who made a request: what handlers read from `request.state.meterware`.
 

@@ -222,6 +222,14 @@ class _Lease:
         self.touched = 0.0
 
 
+class _Refill:
+    __slots__ = ("lock", "users")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.users = 0  # requests holding or waiting for the lock
+
+
 class QuotaCounter:
     """Exact monthly counters with in-process blocks of reserved units (see module doc)."""
 
@@ -242,7 +250,7 @@ class QuotaCounter:
         self.max_block = max_block
         self.lease_idle = lease_idle
         self._leases: dict[str, _Lease] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._refills: dict[str, _Refill] = {}  # only while a counter's refill is under way
         self._next_scan = 0.0
 
     def __len__(self) -> int:
@@ -275,24 +283,36 @@ class QuotaCounter:
         return False
 
     async def _refill(self, counter: str, period: str, amount: int, limit: int) -> bool:
-        lock = self._locks.get(counter)
-        if lock is None:
-            lock = self._locks[counter] = asyncio.Lock()
-        async with lock:
-            lease = await self._lease(counter, period)
-            if lease.free < amount:
-                # A block is at most max_block units, 1/8 of what remains (so the last
-                # units go one at a time) and 1% of the limit (what a crash may cost).
-                remaining = max(0, limit - lease.count)
-                block = min(self.max_block, remaining // 8, max(1, limit // 100))
-                want = max(amount - lease.free, block)
-                granted, lease.count = await self.store.reserve(counter, period, want, limit)
-                lease.free += granted
-            lease.touched = self.clock()
-            if lease.free < amount:
-                return False
-            lease.free -= amount
-            return True
+        # One refill at a time per counter. The lock exists only while requests hold or
+        # wait for it: kept for every counter, 10,000 keys meant 20,000 more objects for
+        # each garbage collection to walk.
+        refill = self._refills.get(counter)
+        if refill is None:
+            refill = self._refills[counter] = _Refill()
+        refill.users += 1
+        try:
+            async with refill.lock:
+                return await self._refill_locked(counter, period, amount, limit)
+        finally:
+            refill.users -= 1
+            if not refill.users:
+                del self._refills[counter]
+
+    async def _refill_locked(self, counter: str, period: str, amount: int, limit: int) -> bool:
+        lease = await self._lease(counter, period)
+        if lease.free < amount:
+            # A block is at most max_block units, 1/8 of what remains (so the last
+            # units go one at a time) and 1% of the limit (what a crash may cost).
+            remaining = max(0, limit - lease.count)
+            block = min(self.max_block, remaining // 8, max(1, limit // 100))
+            want = max(amount - lease.free, block)
+            granted, lease.count = await self.store.reserve(counter, period, want, limit)
+            lease.free += granted
+        lease.touched = self.clock()
+        if lease.free < amount:
+            return False
+        lease.free -= amount
+        return True
 
     async def _lease(self, counter: str, period: str) -> _Lease:
         lease = self._leases.get(counter)
@@ -372,8 +392,8 @@ class QuotaCounter:
             raise failed
 
     def _busy(self, counter: str) -> bool:
-        lock = self._locks.get(counter)
-        return lock is not None and lock.locked()
+        """Whether a refill of `counter` is under way or waited for."""
+        return counter in self._refills
 
     async def _return(self, counter: str, lease: _Lease) -> None:
         """Give a lease's unused units back to the store, then forget the lease. If the
@@ -387,7 +407,6 @@ class QuotaCounter:
                 raise
         if self._leases.get(counter) is lease and not lease.free and not self._busy(counter):
             del self._leases[counter]  # not refilled, and no refill under way
-            self._locks.pop(counter, None)
 
 
 def requests_counter(subject: str) -> str:
