@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from meterware.storage.base import (
     SCHEMA_VERSION,
     UPDATABLE_KEY_FIELDS,
     KeyTotals,
+    Rollup,
     Storage,
     UsageBatch,
     UsageRow,
@@ -114,6 +116,16 @@ _SET_LABELS = (
     + _from_json("action", "label")
     + " ON CONFLICT (action) DO UPDATE SET label = excluded.label"
 )
+
+
+def _rollup_row(r: Rollup) -> tuple[Any, ...]:
+    return (r.key_id, r.action, r.day, r.account_id, r.calls, r.credits)
+
+
+def _totals_row(item: tuple[str, KeyTotals]) -> tuple[Any, ...]:
+    key_id, t = item
+    return (key_id, t.requests, t.calls, t.credits, t.last_used_at)
+
 
 _KEY_FIELDS = (
     "id, account_id, name, tier, permission, website_id, created_at, last_used_at, "
@@ -362,28 +374,23 @@ class SQLiteStorage(Storage):
         # Each table is written by statements over a JSON array of up to _CHUNK rows (one
         # parameter): one trip to the connection's thread per chunk, where executemany
         # releases and re-takes the GIL for every row. While the thread runs a chunk, the
-        # event loop serves requests: a big flush never holds the loop for long.
+        # event loop serves requests: a big flush never holds the loop for long. A chunk's
+        # rows are built just before it is sent, so they die young (cheap to collect).
         if not batch:
             return
-        keys = batch.key_totals()
+        keys = list(batch.key_totals().items())
         async with self._write, self._transaction():
-            await self._each_chunk(
-                _ADD_ROLLUPS,
-                [
-                    (r.key_id, r.action, r.day, r.account_id, r.calls, r.credits)
-                    for r in batch.rollups
-                ],
-            )
-            await self._each_chunk(
-                _ADD_KEY_TOTALS,
-                [(k, t.requests, t.calls, t.credits, t.last_used_at) for k, t in keys.items()],
-            )
-            await self._each_chunk(_ADD_COUNTERS, list(batch.counters))
-            await self._each_chunk(_SET_LABELS, list(batch.labels.items()))
+            await self._write_rows(_ADD_ROLLUPS, batch.rollups, _rollup_row)
+            await self._write_rows(_ADD_KEY_TOTALS, keys, _totals_row)
+            await self._write_rows(_ADD_COUNTERS, batch.counters, tuple)
+            await self._write_rows(_SET_LABELS, list(batch.labels.items()), tuple)
 
-    async def _each_chunk(self, statement: str, rows: list[Any]) -> None:
-        for start in range(0, len(rows), _CHUNK):
-            await self.db.execute(statement, (json.dumps(rows[start : start + _CHUNK]),))
+    async def _write_rows(
+        self, statement: str, items: Sequence[Any], row: Callable[[Any], tuple[Any, ...]]
+    ) -> None:
+        for start in range(0, len(items), _CHUNK):
+            rows = json.dumps([row(item) for item in items[start : start + _CHUNK]])
+            await self.db.execute(statement, (rows,))
 
     async def usage(
         self, *, account_id: str, key_id: str | None, first_day: str, last_day: str
