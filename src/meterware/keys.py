@@ -242,15 +242,10 @@ class StoreResolver:
     def cached(self, secret: str, now: float) -> Caller | None:
         """The caller of a secret cached, fresh and active at `now`; `None` otherwise
         (then `await resolver(secret)` decides). No I/O, no coroutine."""
-        mac = self._salted.copy()  # self._digest(secret), inlined: this runs per request
-        mac.update(secret.encode())
-        entry = self._cache.get(mac.digest())
+        entry = self._cache.get(self._digest(secret))
         if entry is None or now - entry[2] >= self.max_age:
             return None
-        caller = entry[0]
-        if caller is not None and caller.expires_at is not None and now >= caller.expires_at:
-            return None
-        return caller
+        return _unexpired(entry[0], now)
 
     def _digest(self, secret: str) -> bytes:
         mac = self._salted.copy()

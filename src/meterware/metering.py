@@ -222,7 +222,7 @@ class Meter:
             return
         entry = self._activity.get(key_id)
         if entry is None:
-            if len(self._rollups) + len(self._activity) + len(self._counts) >= self.max_pending:
+            if self.pending >= self.max_pending:
                 self._drop()
                 return
             self._activity[key_id] = [1, now]
@@ -234,11 +234,10 @@ class Meter:
         self, account_id: str, key_id: str | None, cost: Cost, credits: int, now: float
     ) -> None:
         """Record a successful call that cost `credits` (> 0) under `cost.action`."""
-        day = self._day if self._day_end - 86400 <= now < self._day_end else self._today(now)
-        rollup_key = (account_id, key_id or "", cost.action, day)
+        rollup_key = (account_id, key_id or "", cost.action, self._today(now))
         entry = self._rollups.get(rollup_key)
         if entry is None:
-            if len(self._rollups) + len(self._activity) + len(self._counts) >= self.max_pending:
+            if self.pending >= self.max_pending:
                 self._drop()
                 return
             self._rollups[rollup_key] = [1, credits]
