@@ -273,6 +273,16 @@ async def store(backend: Backend) -> Storage:
 
 
 @pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[Storage]:
+    """An open store on a SQLite file of its own: for tests of the middleware, where one
+    real backend is enough (the storage contract runs against every backend)."""
+    s = storage_from_url(f"sqlite:///{tmp_path}/meterware.db")
+    await s.open()
+    yield s
+    await s.close()
+
+
+@pytest.fixture
 async def durable_store(durable_backend: Backend) -> Storage:
     """An open store on a fresh `durable_backend`."""
     s = durable_backend.new()

@@ -18,11 +18,8 @@ from tests.utils import ROUTES, FakeClock, bearer, middleware_of, new_key, serve
 
 
 @pytest.fixture
-async def store(tmp_path):
-    store = SQLiteStorage(f"sqlite:///{tmp_path}/meterware.db")
-    await store.open()
-    yield store
-    await store.close()
+def store(sqlite_store):
+    return sqlite_store
 
 
 async def refused_within_a_second(client, secret: str) -> None:

@@ -21,11 +21,8 @@ from tests.utils import FakeClock, bearer, middleware_of, new_key, serve, starle
 
 
 @pytest.fixture
-async def store(tmp_path):
-    store = SQLiteStorage(f"sqlite:///{tmp_path}/metering.db")
-    await store.open()
-    yield store
-    await store.close()
+def store(sqlite_store):
+    return sqlite_store
 
 
 @pytest.fixture

@@ -7,18 +7,14 @@ import json
 import pytest
 
 from meterware import Caller
-from meterware.storage.sqlite import SQLiteStorage
 from tests.utils import FakeClock, bearer, new_key, serve, starlette_app
 
 DAYS_ERROR = b'{"error":"days must be an integer from 1 to 90"}'
 
 
 @pytest.fixture
-async def store(tmp_path):
-    store = SQLiteStorage(f"sqlite:///{tmp_path}/usage.db")
-    await store.open()
-    yield store
-    await store.close()
+def store(sqlite_store):
+    return sqlite_store
 
 
 @pytest.fixture
