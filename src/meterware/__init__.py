@@ -1,11 +1,22 @@
 """meterware: API keys, rate limits, monthly quotas, credit metering and a usage
 endpoint for any Starlette or FastAPI service, as one ASGI middleware."""
 
+from meterware.admin import Admin
 from meterware.clock import Clock
-from meterware.errors import ConfigurationError, MeterwareError, StorageError, StorageUnavailable
+from meterware.config import DEFAULT_EXEMPT_PATHS
+from meterware.errors import (
+    ConfigurationError,
+    Conflict,
+    InvalidValue,
+    MeterwareError,
+    NotFound,
+    StorageError,
+    StorageUnavailable,
+)
 from meterware.keys import ApiKey, Caller, KeyResolver, SecretHasher
-from meterware.metering import Cost, cost, get_caller, set_cost
-from meterware.middleware import DEFAULT_EXEMPT_PATHS, MeterwareMiddleware
+from meterware.metering import Cost, cost
+from meterware.middleware import MeterwareMiddleware
+from meterware.runtime import get_caller, set_cost
 from meterware.storage import Storage, storage_from_url
 from meterware.tiers import DEFAULT_TIERS, Tier, TierTable
 from meterware.usage import UsageApp
@@ -15,14 +26,18 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_EXEMPT_PATHS",
     "DEFAULT_TIERS",
+    "Admin",
     "ApiKey",
     "Caller",
     "Clock",
     "ConfigurationError",
+    "Conflict",
     "Cost",
+    "InvalidValue",
     "KeyResolver",
     "MeterwareError",
     "MeterwareMiddleware",
+    "NotFound",
     "SecretHasher",
     "Storage",
     "StorageError",

@@ -9,13 +9,14 @@ from __future__ import annotations
 import calendar
 import time
 from collections.abc import Callable
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 
 __all__ = [
     "Clock",
     "MonthPeriod",
     "day_of",
     "isoformat_ms",
+    "midnight",
     "month_period",
     "system_clock",
 ]
@@ -87,8 +88,3 @@ def month_period(ts: float, anchor_day: int = 1) -> MonthPeriod:
         start = _anchored(*_shift(now.year, now.month, -1), anchor_day)
     end = _anchored(*_shift(start.year, start.month, 1), anchor_day)
     return MonthPeriod(start, end)
-
-
-def days_back(today: date, days: int) -> date:
-    """`today` minus `days` calendar days."""
-    return today - timedelta(days=days)

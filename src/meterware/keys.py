@@ -13,26 +13,22 @@ import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Literal, Protocol
 
 from meterware.errors import ConfigurationError
-
-if TYPE_CHECKING:
-    from meterware.storage.base import Storage
 
 __all__ = [
     "ApiKey",
     "Caller",
+    "KeyCache",
     "KeyExtractor",
     "KeyResolver",
     "Permission",
     "SecretHasher",
-    "StoreResolver",
-    "create_key",
     "new_account_id",
     "new_key_id",
     "new_secret",
-    "rotate_key",
+    "valid_id",
 ]
 
 Permission = Literal["full_access", "site_access"]
@@ -201,37 +197,42 @@ class KeyExtractor:
         return None
 
 
-class StoreResolver:
+class KeyStore(Protocol):
+    """What the key cache needs of a store (every `Storage` is one)."""
+
+    async def find_key(self, secret_hash: str, now: float) -> ApiKey | None: ...
+
+    async def key_changes(self, since: int) -> tuple[int, list[str]]: ...
+
+
+class KeyCache:
     """The built-in resolver: secrets looked up by hash in the store, cached in process.
 
-    A cached key costs no I/O. Every `refresh` seconds the middleware calls `poll()`, which
-    asks the store for keys changed since the last poll (revoked, rotated, re-tiered) and
-    drops them from the cache: that interval bounds how long a revoked key keeps working.
-    Expiry (of a key, or of a rotated secret's grace period) is checked on every request
-    against the clock, so it takes effect at once. Entries are also refetched after
+    A cached key costs no I/O. `poll()`, which the runtime calls every `key_refresh`
+    seconds, asks the store for keys changed since the last poll (revoked, rotated,
+    re-tiered) and drops them from the cache: that interval bounds how long a revoked
+    key keeps working. Expiry (of a key, or of a rotated secret's grace period) is checked
+    on every request, so it takes effect at once. Entries are also refetched after
     `max_age` seconds, and the cache holds at most `max_entries` secrets.
 
     The cache is keyed by SHA-256 of a random per-process salt and the secret, not by the
-    secret: the process keeps no plaintext secret, and the key costs a third of the
-    store's HMAC, which is computed only on a miss.
+    secret: the cache holds no plaintext secret, and the key costs a third of the store's
+    HMAC, which is computed only on a miss.
     """
 
     def __init__(
         self,
-        store: Any,
+        store: KeyStore,
         hasher: SecretHasher,
-        clock: Callable[[], float],
         *,
         max_age: float = 300.0,
         max_entries: int = 200_000,
     ) -> None:
         self.store = store
         self.hasher = hasher
-        self.clock = clock
         self.max_age = max_age
         self.max_entries = max_entries
-        # salted digest -> (caller or None, key id or None, fetched at)
-        self._cache: dict[bytes, tuple[Caller | None, str | None, float]] = {}
+        self._cache: dict[bytes, _Entry] = {}
         self._salted = hashlib.sha256(secrets.token_bytes(32))
         self._cursor = 0
         self._length = len(hasher.prefix) + 32
@@ -239,144 +240,53 @@ class StoreResolver:
     def __len__(self) -> int:
         return len(self._cache)
 
-    def cached(self, secret: str, now: float) -> Caller | None:
-        """The caller of a secret cached, fresh and active at `now`; `None` otherwise
-        (then `await resolver(secret)` decides). No I/O, no coroutine."""
-        entry = self._cache.get(self._digest(secret))
-        if entry is None or now - entry[2] >= self.max_age:
-            return None
-        return _unexpired(entry[0], now)
-
-    def _digest(self, secret: str) -> bytes:
-        mac = self._salted.copy()
-        mac.update(secret.encode())
-        return mac.digest()
-
-    async def __call__(self, secret: str) -> Caller | None:
+    async def resolve(self, secret: str, now: float) -> Caller | None:
+        """The caller a secret stands for at `now`, or None (a 401). A cached, fresh
+        entry costs one salted hash and a dict lookup; a miss one store read."""
         if len(secret) != self._length or not secret.startswith(self.hasher.prefix):
             return None
-        cache_key = self._digest(secret)
-        now = self.clock()
-        entry = self._cache.get(cache_key)
-        if entry is None or now - entry[2] >= self.max_age:
+        mac = self._salted.copy()
+        mac.update(secret.encode())
+        digest = mac.digest()
+        entry = self._cache.get(digest)
+        if entry is None or now - entry.fetched_at >= self.max_age:
             if not self.hasher.well_formed(secret):  # the full check, before any I/O
                 return None
             key = await self.store.find_key(self.hasher.hash(secret), now)
             caller = Caller.from_key(key) if key is not None and key.active(now) else None
             if len(self._cache) >= self.max_entries:
                 self._cache.clear()
-            entry = (caller, None if key is None else key.id, now)
-            self._cache[cache_key] = entry
-        return _unexpired(entry[0], now)
+            entry = _Entry(caller, None if key is None else key.id, now)
+            self._cache[digest] = entry
+        caller = entry.caller
+        if caller is not None and caller.expires_at is not None and now >= caller.expires_at:
+            return None
+        return caller
 
     async def start(self) -> None:
         """Take the store's change cursor, so later polls see only later changes."""
         self._cursor, _ = await self.store.key_changes(0)
 
-    async def poll(self) -> int:
-        """Drop cached entries of keys changed since the last poll; how many were dropped."""
+    async def poll(self) -> set[str] | None:
+        """Drop cached entries of keys changed since the last poll: the ids of those keys,
+        or None when every entry was dropped (the store had no cursor to go by)."""
         previous = self._cursor
         cursor, changed = await self.store.key_changes(previous)
         if cursor == previous:
-            return 0
+            return set()
         self._cursor = cursor
         if previous <= 0:  # the store had no changes at start: no ids to go by, drop all
-            dropped = len(self._cache)
             self._cache.clear()
-            return dropped
+            return None
         ids = set(changed)
-        stale = [h for h, (_, key_id, _) in self._cache.items() if key_id is None or key_id in ids]
+        stale = [d for d, e in self._cache.items() if e.key_id is None or e.key_id in ids]
         for digest in stale:
             del self._cache[digest]
-        return len(stale)
+        return ids
 
 
-def _unexpired(caller: Caller | None, now: float) -> Caller | None:
-    if caller is not None and caller.expires_at is not None and now >= caller.expires_at:
-        return None
-    return caller
-
-
-async def create_key(
-    store: Storage,
-    hasher: SecretHasher,
-    *,
-    name: str,
-    now: float,
-    account_id: str | None = None,
-    tier: str = "free",
-    permission: Permission = "full_access",
-    website_id: str | None = None,
-    expires_at: float | None = None,
-    per_minute: int | None = None,
-    monthly_limit: int | None = None,
-    monthly_credits: int | None = None,
-    billing_anchor_day: int | None = None,
-) -> tuple[ApiKey, str]:
-    """Create a key (and its account if new); returns the key and its secret, shown once."""
-    account_id = account_id or new_account_id()
-    _check_key_fields(
-        name=name, account_id=account_id, permission=permission, website_id=website_id,
-        per_minute=per_minute, monthly_limit=monthly_limit, monthly_credits=monthly_credits,
-        billing_anchor_day=billing_anchor_day,
-    )  # fmt: skip
-    await store.ensure_account(account_id, now)
-    secret = hasher.new_secret()
-    key = ApiKey(
-        id=new_key_id(), account_id=account_id, name=name, tier=tier, permission=permission,
-        website_id=website_id, created_at=now, expires_at=expires_at, per_minute=per_minute,
-        monthly_limit=monthly_limit, monthly_credits=monthly_credits,
-        billing_anchor_day=billing_anchor_day,
-    )  # fmt: skip
-    await store.create_key(key, hasher.hash(secret))
-    return key, secret
-
-
-async def rotate_key(
-    store: Storage, hasher: SecretHasher, key_id: str, *, now: float, grace: float = 0.0
-) -> str | None:
-    """Give a key a new secret; the old one keeps working for `grace` seconds."""
-    if grace < 0:
-        raise ValueError("grace must be >= 0 seconds")
-    key = await store.get_key(key_id)
-    if key is None:
-        return None
-    if not key.active(now):
-        raise ValueError(f"key {key_id} is revoked or expired: create a new key instead")
-    secret = hasher.new_secret()
-    await store.add_secret(key_id, hasher.hash(secret), retire_old_at=now + grace)
-    return secret
-
-
-def _check_key_fields(
-    *,
-    name: str,
-    account_id: str,
-    permission: str,
-    website_id: str | None,
-    per_minute: int | None,
-    monthly_limit: int | None,
-    monthly_credits: int | None,
-    billing_anchor_day: int | None,
-) -> None:
-    if not name.strip() or len(name) > 200:
-        raise ValueError("a key's name must be 1-200 characters")
-    if not valid_id(account_id):
-        raise ValueError("an account id must be 1-128 characters of A-Za-z0-9_.:-")
-    if permission not in PERMISSIONS:
-        raise ValueError(f"permission must be one of {', '.join(PERMISSIONS)}")
-    if website_id is not None and not valid_id(website_id):
-        raise ValueError("a website id must be 1-128 characters of A-Za-z0-9_.:-")
-    if permission == "site_access" and not website_id:
-        raise ValueError("a site_access key needs a website id")
-    if permission == "full_access" and website_id:
-        raise ValueError("a website id is only for site_access keys")
-    for what, value in (
-        ("per_minute", per_minute),
-        ("monthly_limit", monthly_limit),
-        ("monthly_credits", monthly_credits),
-    ):
-        if value is not None and value < 0:
-            raise ValueError(f"{what} must be >= 0")
-    if billing_anchor_day is not None and not 1 <= billing_anchor_day <= 31:
-        raise ValueError("billing_anchor_day must be 1-31")
+@dataclass(slots=True)
+class _Entry:
+    caller: Caller | None  # None: no such key, or not active when fetched
+    key_id: str | None
+    fetched_at: float

@@ -21,11 +21,12 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
-from meterware.metering import Cost, _declared
+from meterware.config import Settings
+from meterware.metering import Cost, declared_cost
 
 __all__ = ["document_openapi"]
 
@@ -34,19 +35,9 @@ log = logging.getLogger("meterware")
 METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 
 
-def document_openapi(
-    app: Any,
-    *,
-    usage_path: str | None,
-    usage_format: str,
-    envelope: str,
-    exempt_paths: Collection[str],
-    key_headers: Sequence[str],
-    bearer: bool,
-    default_cost: int = 0,
-) -> bool:
-    """Make `app.openapi()` document meterware; False (and nothing done) if `app` is not
-    a FastAPI app. Calling it again is harmless."""
+def document_openapi(app: Any, settings: Settings) -> bool:
+    """Make `app.openapi()` document meterware as `settings` configure it; False (and
+    nothing done) if `app` is not a FastAPI app. Calling it again is harmless."""
     current = getattr(app, "openapi", None)
     if not callable(current) or not hasattr(app, "openapi_schema"):
         return False
@@ -54,13 +45,13 @@ def document_openapi(
         complete = partial(
             _complete,
             app=app,
-            usage_path=usage_path,
-            usage_format=usage_format,
-            envelope=envelope,
-            exempt=frozenset(exempt_paths),
-            key_headers=tuple(key_headers),
-            bearer=bearer,
-            default_cost=default_cost,
+            usage_path=settings.usage_path,
+            usage_format=settings.usage_format,
+            envelope=settings.envelope,
+            exempt=settings.exempt_paths,
+            key_headers=settings.key_headers,
+            bearer=settings.bearer,
+            default_cost=settings.default_cost,
         )
         app.openapi = _DocumentedOpenAPI(current, complete)
     return True
@@ -165,7 +156,7 @@ def _cost_of(app: Any, path: str, method: str, default_cost: int) -> Cost | None
         paths = {getattr(route, "path", None), getattr(route, "path_format", None)}
         if path in paths and method in (getattr(route, "methods", None) or ()):
             endpoint = getattr(route, "endpoint", None)
-            found = _declared(endpoint, method) if endpoint is not None else None
+            found = declared_cost(endpoint, method) if endpoint is not None else None
             if found is not None or default_cost <= 0:
                 return found
             name = getattr(endpoint, "__name__", None) or path

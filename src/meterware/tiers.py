@@ -65,7 +65,6 @@ class TierTable:
         aliases: Mapping[str, str] = LEGACY_TIERS,
     ) -> None:
         self._tiers = {tier.name.lower(): tier for tier in tiers}
-        self._limits: dict[Limits, Limits] = {}  # one shared object per distinct value
         if not self._tiers:
             raise ConfigurationError("the tier table is empty")
         self._aliases = {old.lower(): new.lower() for old, new in aliases.items()}
@@ -125,6 +124,11 @@ class TierTable:
             known = ", ".join(self.names())
             raise ConfigurationError(f"unknown tier {name!r} (known: {known})") from None
 
+    def knows(self, name: str) -> bool:
+        """Whether `name` is a tier or a legacy alias of one (any case)."""
+        key = name.lower()
+        return self._aliases.get(key, key) in self._tiers
+
     def check(self, name: str) -> str:
         """`name` unchanged if it is a known tier, else a `ConfigurationError`."""
         self.get(name)
@@ -133,16 +137,13 @@ class TierTable:
     def limits_for(self, caller: Caller) -> Limits:
         """The caller's tier limits with its overrides applied."""
         tier = self.get(caller.tier)
-        limits = Limits(
+        return Limits(
             tier=caller.tier,
             per_minute=_pick(caller.per_minute, tier.per_minute),
             monthly_requests=_pick(caller.monthly_limit, tier.monthly_requests),
             monthly_credits=_pick(caller.monthly_credits, tier.monthly_credits),
             anchor_day=caller.billing_anchor_day or 1,
         )
-        if len(self._limits) >= 10_000:  # keys with their own overrides: keep it bounded
-            self._limits.clear()
-        return self._limits.setdefault(limits, limits)
 
 
 def _pick(override: int | None, default: int | None) -> int | None:

@@ -9,43 +9,29 @@
 `UsageApp` is served by the middleware at `usage_path`, and can also be mounted like
 any ASGI app behind the middleware (`app.mount("/usage", UsageApp("credits"))`): the
 middleware authenticates it, rate-limits it per minute, and neither counts it toward
-the monthly quota nor charges it.
+the monthly quota nor charges it. Its errors are in the middleware's envelope.
 """
 
 from __future__ import annotations
 
 import re
+import time
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
 from starlette.datastructures import QueryParams
 from starlette.types import Receive, Scope, Send
 
+from meterware import responses
 from meterware.clock import day_of, isoformat_ms, midnight
+from meterware.config import ENVELOPE_OF, USAGE_FORMATS, UsageFormat
 from meterware.errors import ConfigurationError, StorageError
 from meterware.keys import Caller, valid_id
-from meterware.limits import quota_status
-from meterware.metering import SCOPE_KEY, Call
-from meterware.responses import (
-    STORAGE_UNAVAILABLE,
-    UNAUTHORIZED,
-    Envelope,
-    Refusal,
-    error_body,
-    render_json,
-    send_json,
-)
+from meterware.responses import Refusal, render_json, send_json, send_refusal
+from meterware.runtime import SCOPE_KEY, Call, Runtime
 
 __all__ = ["UsageApp", "UsageFormat"]
 
-UsageFormat = Literal["credits", "quota"]
-FORMATS: tuple[UsageFormat, ...] = ("credits", "quota")
-ENVELOPE_OF: dict[str, Envelope] = {"credits": "flat", "quota": "wrapped"}
-
-BAD_DAYS = Refusal(400, "BAD_REQUEST", "days must be an integer from 1 to 90")
-BAD_KEY_ID = Refusal(400, "BAD_REQUEST", "keyId is not a valid key id")
-KEY_NOT_FOUND = Refusal(404, "NOT_FOUND", "API key not found")
-NOT_ALLOWED = Refusal(405, "METHOD_NOT_ALLOWED", "Method not allowed")
 _DAYS = re.compile(r"[0-9]{1,3}")
 
 
@@ -53,61 +39,61 @@ class UsageApp:
     """An ASGI app answering `GET` with the caller's usage in one of the two formats."""
 
     def __init__(self, format: UsageFormat = "quota") -> None:
-        if format not in FORMATS:
-            raise ConfigurationError(f"usage_format must be one of {FORMATS}, not {format!r}")
+        if format not in USAGE_FORMATS:
+            raise ConfigurationError(f"usage_format must be one of {USAGE_FORMATS}, not {format!r}")
         self.format = format
-        self.envelope = ENVELOPE_OF[format]
 
     def __repr__(self) -> str:
         return f"UsageApp({self.format!r})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         call = scope.get(SCOPE_KEY)
-        runtime = getattr(call, "runtime", None)
-        now = runtime.clock() if runtime is not None else 0.0
-        if not isinstance(call, Call) or runtime is None:
-            return await self._error(send, UNAUTHORIZED, now, ())
-        extra = getattr(call, "headers", ())
+        if not isinstance(call, Call):  # reached without the middleware in front
+            envelope = ENVELOPE_OF[self.format]
+            return await send_refusal(send, envelope, responses.UNAUTHORIZED, time.time())
+        runtime = call.runtime
+        now = runtime.clock()
+        envelope = runtime.settings.envelope
+        headers = call.headers or []
         if scope["method"] not in ("GET", "HEAD"):
-            return await self._error(send, NOT_ALLOWED, now, [*extra, (b"allow", b"GET")])
+            allow = [*headers, (b"allow", b"GET")]
+            return await send_refusal(send, envelope, responses.NOT_ALLOWED, now, allow)
         try:
             if self.format == "credits":
-                status, body = await self._credits(runtime, call.caller, scope, now)
+                body = await self._credits(runtime, call.caller, scope, now)
             else:
-                status, body = 200, await self._quota(runtime, call.caller, now)
+                body = await self._quota(runtime, call.caller, now)
         except StorageError:
-            return await self._error(
-                send, STORAGE_UNAVAILABLE, now, [*extra, (b"retry-after", b"5")]
+            unavailable = [*headers, responses.RETRY_STORAGE]
+            return await send_refusal(
+                send, envelope, responses.STORAGE_UNAVAILABLE, now, unavailable
             )
         if isinstance(body, Refusal):
-            return await self._error(send, body, now, extra)
-        await send_json(send, status, render_json(body), [*extra, (b"cache-control", b"no-store")])
-
-    async def _error(self, send: Send, refusal: Refusal, now: float, headers: Any) -> None:
-        await send_json(send, refusal.status, error_body(self.envelope, refusal, now), headers)
+            return await send_refusal(send, envelope, body, now, headers)
+        await send_json(send, 200, render_json(body), [*headers, (b"cache-control", b"no-store")])
 
     async def _credits(
-        self, runtime: Any, caller: Caller, scope: Scope, now: float
-    ) -> tuple[int, dict[str, Any] | Refusal]:
+        self, runtime: Runtime, caller: Caller, scope: Scope, now: float
+    ) -> dict[str, Any] | Refusal:
         query = QueryParams(scope.get("query_string", b"").decode("latin-1"))
         days = 30
         if "days" in query:
             raw = query["days"]
             if not _DAYS.fullmatch(raw) or not 1 <= int(raw) <= 90:
-                return 400, BAD_DAYS
+                return responses.BAD_DAYS
             days = int(raw)
         key_id = caller.key_id
         if "keyId" in query:
             key_id = query["keyId"]
             if not valid_id(key_id):
-                return 400, BAD_KEY_ID
+                return responses.BAD_KEY_ID
         store = runtime.store
         await runtime.meter.flush()
         key = None
         if key_id is not None:
             key = await store.get_key(key_id)
             if key is None or key.account_id != caller.account_id:
-                return 404, KEY_NOT_FOUND
+                return responses.KEY_NOT_FOUND
         today = day_of(now)
         first = today - timedelta(days=days)
         rows = await store.usage(
@@ -160,18 +146,10 @@ class UsageApp:
             "byEndpoint": dict(ordered),
         }
         report["daily"] = daily
-        return 200, report
+        return report
 
-    async def _quota(self, runtime: Any, caller: Caller, now: float) -> dict[str, Any]:
-        await runtime.meter.flush()
-        status = await quota_status(
-            runtime.store,
-            subject=runtime.quota_subject(caller),
-            key_id=caller.key_id,
-            limits=runtime.tiers.limits_for(caller),
-            now=now,
-            counter=runtime.quota,
-        )
+    async def _quota(self, runtime: Runtime, caller: Caller, now: float) -> dict[str, Any]:
+        status = await runtime.quota_status(caller, now)
         return {
             "success": True,
             "data": {

@@ -13,21 +13,23 @@ import importlib
 from typing import Any
 
 from meterware.errors import ConfigurationError
-from meterware.storage.base import (
+from meterware.storage.base import Storage, Transferable, redact
+from meterware.storage.records import (
     KeyActivity,
     KeyTotals,
     Rollup,
-    Storage,
+    Snapshot,
     UsageBatch,
     UsageRow,
-    redact,
 )
 
 __all__ = [
     "KeyActivity",
     "KeyTotals",
     "Rollup",
+    "Snapshot",
     "Storage",
+    "Transferable",
     "UsageBatch",
     "UsageRow",
     "storage_from_url",

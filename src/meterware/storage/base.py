@@ -5,7 +5,10 @@ counters, and the usage ledger (daily rollups per key and action, lifetime total
 
 Counters are what makes quotas exact. `reserve` is the one atomic operation they need:
 take up to `want` units without ever passing `limit`, and say how many were granted. The
-middleware reserves small blocks ahead and hands them out without I/O (`meterware.limits`).
+middleware reserves small blocks ahead and hands them out without I/O (`meterware.quota`).
+
+Optional capabilities are mixins a backend adds (in the spirit of `limits`' storage
+capabilities): `Transferable` reads a whole store at once, for `meterware copy`.
 """
 
 from __future__ import annotations
@@ -15,17 +18,17 @@ import functools
 import inspect
 import re
 import warnings
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Coroutine
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
-from meterware.errors import StorageError, StorageUnavailable
+from meterware.errors import InvalidValue, StorageError, StorageUnavailable
 from meterware.keys import ApiKey
+from meterware.storage.records import KeyTotals, Snapshot, UsageBatch, UsageRow
 
 _F = TypeVar("_F", bound=Callable[..., Coroutine[Any, Any, Any]])
 
-__all__ = ["KeyActivity", "KeyTotals", "Rollup", "Storage", "UsageBatch", "UsageRow"]
+__all__ = ["Storage", "Transferable", "check_updatable", "redact", "retiring"]
 
 SCHEMA_VERSION = 1
 
@@ -33,93 +36,18 @@ UPDATABLE_KEY_FIELDS = frozenset({
     "name", "tier", "permission", "website_id", "expires_at", "revoked_at",
     "per_minute", "monthly_limit", "monthly_credits", "billing_anchor_day",
 })  # fmt: skip
-"""The `ApiKey` fields `update_key` may change; any other name is a `ValueError`."""
+"""The `ApiKey` fields `update_key` may change; any other name is an `InvalidValue`."""
 
 
-@dataclass(slots=True)
-class Rollup:
-    """Calls and credits charged to one key for one action on one UTC day (`YYYY-MM-DD`).
-
-    `key_id` is `""` when the caller was an account rather than a key.
-    """
-
-    account_id: str
-    key_id: str
-    action: str
-    day: str
-    calls: int
-    credits: int
-
-
-@dataclass(slots=True)
-class KeyActivity:
-    """Requests admitted for a key since the last flush, and the last one's time."""
-
-    key_id: str
-    requests: int
-    last_used_at: float
-
-
-@dataclass
-class UsageBatch:
-    """What one flush writes, in one transaction."""
-
-    rollups: Sequence[Rollup] = ()
-    activity: Sequence[KeyActivity] = ()
-    labels: Mapping[str, str] = field(default_factory=dict)
-    counters: Sequence[tuple[str, str, int]] = ()
-    """`(subject, period, amount)` to add to counters that have no limit to enforce."""
-
-    def __bool__(self) -> bool:
-        return bool(self.rollups or self.activity or self.labels or self.counters)
-
-    def key_totals(self) -> dict[str, KeyTotals]:
-        """What this batch adds to each key's lifetime totals (last use: the latest)."""
-        totals: dict[str, KeyTotals] = {}
-        for r in self.rollups:
-            if r.key_id:
-                t = totals.get(r.key_id)
-                if t is None:
-                    totals[r.key_id] = KeyTotals(0, r.calls, r.credits, None)
-                else:
-                    t.calls += r.calls
-                    t.credits += r.credits
-        for a in self.activity:
-            t = totals.get(a.key_id)
-            if t is None:
-                totals[a.key_id] = KeyTotals(a.requests, 0, 0, a.last_used_at)
-            else:
-                t.requests += a.requests
-                if t.last_used_at is None or a.last_used_at > t.last_used_at:
-                    t.last_used_at = a.last_used_at
-        return totals
-
-
-@dataclass(slots=True)
-class UsageRow:
-    """One line of a usage query: an action's calls and credits on a day."""
-
-    day: str
-    action: str
-    calls: int
-    credits: int
-
-
-@dataclass(slots=True)
-class KeyTotals:
-    """A key's lifetime numbers."""
-
-    requests: int = 0
-    calls: int = 0
-    credits: int = 0
-    last_used_at: float | None = None
+def check_updatable(changes: dict[str, Any]) -> None:
+    """`InvalidValue` if `changes` names a field `update_key` may not change."""
+    unknown = set(changes) - UPDATABLE_KEY_FIELDS
+    if unknown:
+        raise InvalidValue(f"cannot update {sorted(unknown)}")
 
 
 class Storage(abc.ABC):
     """Base class of every backend. Use it as `async with store:` or `open()`/`close()`."""
-
-    schemes: ClassVar[tuple[str, ...]] = ()
-    """The URL schemes this backend serves, e.g. `("sqlite",)`."""
 
     driver_errors: ClassVar[tuple[type[Exception], ...]] = ()
     """The driver's exceptions; the public methods re-raise them as `StorageError`."""
@@ -149,7 +77,6 @@ class Storage(abc.ABC):
 
     def __init__(self, url: str = "", **options: Any) -> None:
         self.url = url
-        self.options = options
         self._opened = False
 
     @property
@@ -220,7 +147,7 @@ class Storage(abc.ABC):
     async def update_key(self, key_id: str, **changes: Any) -> ApiKey | None:
         """Change a key's stored fields (tier, overrides, revoked_at, ...); the new key.
 
-        `None` if there is no such key; `ValueError` for a field outside
+        `None` if there is no such key; `InvalidValue` for a field outside
         `UPDATABLE_KEY_FIELDS`.
         """
 
@@ -278,6 +205,23 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def labels(self) -> dict[str, str]:
         """The display label last recorded for each action."""
+
+
+class Transferable(abc.ABC):
+    """A store that can be read whole, and tell where it lives (for `meterware copy`)."""
+
+    @abc.abstractmethod
+    async def dump(self) -> Snapshot:
+        """Everything the store holds, read in one consistent snapshot."""
+
+    @abc.abstractmethod
+    def location(self) -> str:
+        """Where the data lives (a file, a server's database and schema): two stores with
+        the same location are the same store."""
+
+    @abc.abstractmethod
+    async def exists(self) -> bool:
+        """Whether a store exists there already (`open` would create one)."""
 
 
 def retiring(key: ApiKey, secret_expires_at: float | None) -> ApiKey:

@@ -8,26 +8,17 @@ from typing import Any
 
 from meterware.errors import StorageError
 from meterware.keys import ApiKey
-from meterware.storage.base import (
-    SCHEMA_VERSION,
-    UPDATABLE_KEY_FIELDS,
-    KeyTotals,
-    Storage,
-    UsageBatch,
-    UsageRow,
-    retiring,
-)
+from meterware.storage.base import SCHEMA_VERSION, Storage, Transferable, check_updatable, retiring
+from meterware.storage.records import KeyTotals, Snapshot, UsageBatch, UsageRow
 
 __all__ = ["MemoryStorage"]
 
 
-class MemoryStorage(Storage):
+class MemoryStorage(Storage, Transferable):
     """`memory://`: everything in dicts, lost when the process ends."""
 
-    schemes = ("memory",)
-
     def __init__(self, url: str = "memory://", **options: Any) -> None:
-        super().__init__(url, **options)
+        super().__init__(url)
         self._accounts: dict[str, float] = {}
         self._keys: dict[str, ApiKey] = {}
         self._versions: dict[str, int] = {}
@@ -89,9 +80,7 @@ class MemoryStorage(Storage):
         return [k for k in keys if k and (account_id is None or k.account_id == account_id)]
 
     async def update_key(self, key_id: str, **changes: Any) -> ApiKey | None:
-        unknown = set(changes) - UPDATABLE_KEY_FIELDS
-        if unknown:
-            raise ValueError(f"cannot update {sorted(unknown)}")
+        check_updatable(changes)
         key = self._keys.get(key_id)
         if key is None:
             return None
@@ -172,3 +161,24 @@ class MemoryStorage(Storage):
 
     async def labels(self) -> dict[str, str]:
         return dict(self._labels)
+
+    # -- Transferable ------------------------------------------------------------------
+
+    async def dump(self) -> Snapshot:
+        snap = Snapshot(accounts=dict(self._accounts), labels=dict(self._labels))
+        for key_id, key in self._keys.items():
+            snap.keys[key_id] = dataclasses.replace(key, last_used_at=None)
+            totals = self._totals.get(key_id)
+            if totals is None:  # never used: the key's own field is its last use, as get_key
+                totals = KeyTotals(last_used_at=key.last_used_at)
+            snap.totals[key_id] = dataclasses.replace(totals)  # a copy: updated in place
+        snap.secrets = dict(self._secrets)
+        snap.counters = dict(self._counters)
+        snap.rollups = {k: (v[0], v[1]) for k, v in self._daily.items()}
+        return snap
+
+    def location(self) -> str:
+        return f"memory:{id(self)}"
+
+    async def exists(self) -> bool:
+        return True

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import re
-from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -21,89 +20,22 @@ from meterware.errors import ConfigurationError, StorageError
 from meterware.keys import ApiKey
 from meterware.storage.base import (
     SCHEMA_VERSION,
-    UPDATABLE_KEY_FIELDS,
-    KeyTotals,
     Storage,
-    UsageBatch,
-    UsageRow,
+    Transferable,
+    check_updatable,
     redact,
     retiring,
 )
+from meterware.storage.postgres_sql import MIGRATIONS, Queries
+from meterware.storage.records import KeyTotals, Snapshot, UsageBatch, UsageRow
+from meterware.storage.sql import KEY_FIELDS, dump_queries, key_values, snapshot_of
 
 __all__ = ["PostgresStorage"]
 
-# `{s}` is the quoted schema name; everything else is a parameter.
-_MIGRATIONS: dict[int, tuple[str, ...]] = {
-    1: (
-        "CREATE TABLE {s}.meta (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
-        "CREATE TABLE {s}.accounts (id TEXT PRIMARY KEY, created_at DOUBLE PRECISION NOT NULL)",
-        """CREATE TABLE {s}.keys (
-            id TEXT PRIMARY KEY,
-            account_id TEXT NOT NULL REFERENCES {s}.accounts (id),
-            name TEXT NOT NULL,
-            tier TEXT NOT NULL,
-            permission TEXT NOT NULL,
-            website_id TEXT,
-            created_at DOUBLE PRECISION NOT NULL,
-            expires_at DOUBLE PRECISION,
-            revoked_at DOUBLE PRECISION,
-            per_minute BIGINT,
-            monthly_limit BIGINT,
-            monthly_credits BIGINT,
-            billing_anchor_day INTEGER,
-            last_used_at DOUBLE PRECISION,
-            total_requests BIGINT NOT NULL DEFAULT 0,
-            total_calls BIGINT NOT NULL DEFAULT 0,
-            total_credits BIGINT NOT NULL DEFAULT 0,
-            version BIGINT NOT NULL
-        )""",
-        "CREATE INDEX keys_by_account ON {s}.keys (account_id, created_at)",
-        "CREATE INDEX keys_by_version ON {s}.keys (version)",
-        """CREATE TABLE {s}.key_secrets (
-            hash TEXT PRIMARY KEY,
-            key_id TEXT NOT NULL REFERENCES {s}.keys (id),
-            expires_at DOUBLE PRECISION
-        )""",
-        "CREATE INDEX key_secrets_by_key ON {s}.key_secrets (key_id)",
-        """CREATE TABLE {s}.counters (
-            subject TEXT NOT NULL,
-            period TEXT NOT NULL,
-            count BIGINT NOT NULL,
-            granted BIGINT NOT NULL DEFAULT 0,
-            PRIMARY KEY (subject, period)
-        )""",
-        """CREATE TABLE {s}.usage_daily (
-            account_id TEXT NOT NULL,
-            key_id TEXT NOT NULL,
-            day TEXT NOT NULL,
-            action TEXT NOT NULL,
-            calls BIGINT NOT NULL,
-            credits BIGINT NOT NULL,
-            PRIMARY KEY (account_id, key_id, day, action)
-        )""",
-        "CREATE INDEX usage_by_account ON {s}.usage_daily (account_id, day)",
-        "CREATE TABLE {s}.actions (action TEXT PRIMARY KEY, label TEXT NOT NULL)",
-        "INSERT INTO {s}.meta (name, value) VALUES ('key_seq', 0)",
-    ),
-}
-
-_KEY_FIELDS = (
-    "id, account_id, name, tier, permission, website_id, created_at, last_used_at, "
-    "expires_at, revoked_at, per_minute, monthly_limit, monthly_credits, billing_anchor_day"
-)
 _SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 
-# A key change takes the next version by incrementing this row inside its transaction.
-# The row stays locked until that transaction ends, so versions commit strictly in order
-# and a rolled-back change gives its number back. A sequence would not do: `nextval` is
-# not transactional, so version 8 can commit before version 7, and a poller that moved
-# its cursor to 8 would never see 7. With the row, `key_changes` reads the counter and
-# the keys in one snapshot and is exact: every version up to the cursor is visible.
-# Key changes are admin operations, so queueing them on one row costs nothing.
-_NEXT_VERSION = "UPDATE {s}.meta SET value = value + 1 WHERE name = 'key_seq' RETURNING value"
 
-
-class PostgresStorage(Storage):
+class PostgresStorage(Storage, Transferable):
     """`postgresql://user:password@host:5432/dbname?schema=meterware` (or `postgres://`).
 
     Options, as keyword arguments of `storage_from_url` or of the class:
@@ -117,7 +49,6 @@ class PostgresStorage(Storage):
     The password never appears in `repr` or in errors.
     """
 
-    schemes = ("postgresql", "postgres")
     resource_attribute = "_pool"
     driver_errors = (
         asyncpg.PostgresError,
@@ -157,7 +88,7 @@ class PostgresStorage(Storage):
         self._dsn = dsn
         self._pool: Any = None
         self._opening = asyncio.Lock()
-        self._q = _Queries(f'"{schema}"')  # validated above, so quoting is enough
+        self._q = Queries(f'"{schema}"')  # validated above, so quoting is enough
 
     @property
     def pool(self) -> Any:
@@ -208,7 +139,7 @@ class PostgresStorage(Storage):
                     f"{SCHEMA_VERSION}: upgrade meterware"
                 )
             for step in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in _MIGRATIONS[step]:
+                for statement in MIGRATIONS[step]:
                     await conn.execute(statement.format(s=s))
             if version < SCHEMA_VERSION:
                 await conn.execute(
@@ -246,7 +177,7 @@ class PostgresStorage(Storage):
         q = self._q
         async with self.pool.acquire() as conn, conn.transaction():
             version = await conn.fetchval(q.next_version)
-            await conn.execute(q.insert_key, *_values(key), version)
+            await conn.execute(q.insert_key, *key_values(key), version)
             await conn.execute(q.insert_secret, secret_hash, key.id)
 
     async def get_key(self, key_id: str) -> ApiKey | None:
@@ -266,13 +197,9 @@ class PostgresStorage(Storage):
         return [ApiKey(*r) for r in rows]
 
     async def update_key(self, key_id: str, **changes: Any) -> ApiKey | None:
-        unknown = set(changes) - UPDATABLE_KEY_FIELDS
-        if unknown:
-            raise ValueError(f"cannot update {sorted(unknown)}")
+        check_updatable(changes)
         sets = "".join(f"{name} = ${i}, " for i, name in enumerate(changes, start=3))
-        sql = (
-            f"UPDATE {self._q.s}.keys SET {sets}version = $2 WHERE id = $1 RETURNING {_KEY_FIELDS}"
-        )
+        sql = f"UPDATE {self._q.s}.keys SET {sets}version = $2 WHERE id = $1 RETURNING {KEY_FIELDS}"
         async with self.pool.acquire() as conn:
             transaction = conn.transaction()
             await transaction.start()
@@ -299,7 +226,7 @@ class PostgresStorage(Storage):
             await conn.execute(q.set_version, key_id, version)
 
     async def key_changes(self, since: int) -> tuple[int, list[str]]:
-        # One statement, one snapshot: the cursor and the keys agree (see _NEXT_VERSION).
+        # One statement, one snapshot: the cursor and the keys agree (see NEXT_VERSION).
         row = await self.pool.fetchrow(self._q.key_changes, since)
         cursor = int(row[0])
         if since <= 0:
@@ -375,90 +302,27 @@ class PostgresStorage(Storage):
         rows = await self.pool.fetch(f"SELECT action, label FROM {self._q.s}.actions")
         return {str(r[0]): str(r[1]) for r in rows}
 
+    # -- Transferable ------------------------------------------------------------------
 
-class _Queries:
-    """The statements, with the schema filled in once per store."""
+    async def dump(self) -> Snapshot:
+        tables: dict[str, list[Any]] = {}
+        async with (
+            self.pool.acquire() as conn,
+            conn.transaction(isolation="repeatable_read", readonly=True),
+        ):
+            for table, sql in dump_queries(f"{self._q.s}.").items():
+                tables[table] = list(await conn.fetch(sql))
+        return snapshot_of(tables)
 
-    def __init__(self, s: str) -> None:
-        self.s = s
-        k = ", ".join(f"k.{f.strip()}" for f in _KEY_FIELDS.split(","))
-        self.next_version = _NEXT_VERSION.format(s=s)
-        self.ensure_account = (
-            f"INSERT INTO {s}.accounts (id, created_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING"
-        )
-        self.insert_key = (
-            f"INSERT INTO {s}.keys ({_KEY_FIELDS}, version) VALUES "
-            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-        )
-        self.insert_secret = (
-            f"INSERT INTO {s}.key_secrets (hash, key_id, expires_at) VALUES ($1, $2, NULL)"
-        )
-        self.get_key = f"SELECT {_KEY_FIELDS} FROM {s}.keys WHERE id = $1"
-        self.find_key = (
-            f"SELECT {k}, t.expires_at FROM {s}.key_secrets t JOIN {s}.keys k ON k.id = t.key_id "
-            "WHERE t.hash = $1 AND (t.expires_at IS NULL OR t.expires_at > $2)"
-        )
-        self.list_keys = f"SELECT {_KEY_FIELDS} FROM {s}.keys ORDER BY created_at, id"
-        self.list_account_keys = (
-            f"SELECT {_KEY_FIELDS} FROM {s}.keys WHERE account_id = $1 ORDER BY created_at, id"
-        )
-        self.retire_secrets = (
-            f"UPDATE {s}.key_secrets SET expires_at = LEAST(expires_at, $2) WHERE key_id = $1"
-        )
-        self.set_version = f"UPDATE {s}.keys SET version = $2 WHERE id = $1"
-        self.key_changes = (
-            f"SELECT m.value, ARRAY(SELECT id FROM {s}.keys WHERE version > $1 "
-            f"ORDER BY version) FROM {s}.meta m WHERE m.name = 'key_seq'"
-        )
-        self.reserve = (
-            f"INSERT INTO {s}.counters AS c (subject, period, count, granted) "
-            "VALUES ($1, $2, LEAST($3::bigint, GREATEST(0, $4::bigint)), "
-            "LEAST($3::bigint, GREATEST(0, $4::bigint))) "
-            "ON CONFLICT (subject, period) DO UPDATE SET "
-            "granted = LEAST($3::bigint, GREATEST(0, $4::bigint - c.count)), "
-            "count = c.count + LEAST($3::bigint, GREATEST(0, $4::bigint - c.count)) "
-            "RETURNING granted, count"
-        )
-        self.release = (
-            f"UPDATE {s}.counters SET count = GREATEST(0, count - $3::bigint) "
-            "WHERE subject = $1 AND period = $2"
-        )
-        self.add = (
-            f"INSERT INTO {s}.counters AS c (subject, period, count) VALUES ($1, $2, $3) "
-            "ON CONFLICT (subject, period) DO UPDATE SET count = c.count + excluded.count "
-            "RETURNING count"
-        )
-        self.counter = f"SELECT count FROM {s}.counters WHERE subject = $1 AND period = $2"
-        self.add_rollup = (
-            f"INSERT INTO {s}.usage_daily AS u "
-            "(account_id, key_id, day, action, calls, credits) VALUES ($1, $2, $3, $4, $5, $6) "
-            "ON CONFLICT (account_id, key_id, day, action) DO UPDATE SET "
-            "calls = u.calls + excluded.calls, credits = u.credits + excluded.credits"
-        )
-        # GREATEST ignores NULL: the later of the stored and the new last use.
-        self.add_totals = (
-            f"UPDATE {s}.keys SET total_requests = total_requests + $2, "
-            "total_calls = total_calls + $3, total_credits = total_credits + $4, "
-            "last_used_at = GREATEST(last_used_at, $5) WHERE id = $1"
-        )
-        self.set_label = (
-            f"INSERT INTO {s}.actions (action, label) VALUES ($1, $2) "
-            "ON CONFLICT (action) DO UPDATE SET label = excluded.label"
-        )
-        self.account_usage = (
-            "SELECT day, action, sum(calls)::bigint, sum(credits)::bigint "
-            f"FROM {s}.usage_daily WHERE account_id = $1 AND day BETWEEN $2 AND $3 "
-            "GROUP BY day, action ORDER BY day, action"
-        )
-        self.key_usage = (
-            f"SELECT day, action, calls, credits FROM {s}.usage_daily "
-            "WHERE account_id = $1 AND key_id = $2 AND day BETWEEN $3 AND $4 "
-            "ORDER BY day, action"
-        )
-        self.key_totals = (
-            "SELECT total_requests, total_calls, total_credits, last_used_at "
-            f"FROM {s}.keys WHERE id = $1"
-        )
+    def location(self) -> str:
+        return f"postgresql:{self._dsn}#{self.schema}"
+
+    async def exists(self) -> bool:
+        conn = await asyncpg.connect(self._dsn, timeout=10)
+        try:
+            return await conn.fetchval("SELECT to_regclass($1)", f"{self._q.s}.meta") is not None
+        finally:
+            await conn.close()
 
 
 def _split_schema(url: str) -> tuple[str, str | None]:
@@ -475,11 +339,3 @@ def _lock_id(schema: str) -> int:
     """A stable 64-bit advisory lock id for migrating this schema."""
     digest = hashlib.sha256(f"meterware:{schema}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
-
-
-def _values(key: ApiKey) -> Iterable[Any]:
-    return (
-        key.id, key.account_id, key.name, key.tier, key.permission, key.website_id,
-        key.created_at, key.last_used_at, key.expires_at, key.revoked_at, key.per_minute,
-        key.monthly_limit, key.monthly_credits, key.billing_anchor_day,
-    )  # fmt: skip

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sqlite3
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,123 +19,21 @@ import aiosqlite
 
 from meterware.errors import ConfigurationError, StorageError
 from meterware.keys import ApiKey
-from meterware.storage.base import (
-    SCHEMA_VERSION,
-    UPDATABLE_KEY_FIELDS,
-    KeyTotals,
-    Rollup,
-    Storage,
-    UsageBatch,
-    UsageRow,
-    retiring,
+from meterware.storage.base import SCHEMA_VERSION, Storage, Transferable, check_updatable, retiring
+from meterware.storage.records import KeyTotals, Snapshot, UsageBatch, UsageRow
+from meterware.storage.sql import KEY_COLUMNS, KEY_FIELDS, dump_queries, key_values, snapshot_of
+from meterware.storage.sqlite_sql import (
+    ADD_COUNTERS,
+    ADD_KEY_TOTALS,
+    ADD_ROLLUPS,
+    CHUNK,
+    SCHEMA,
+    SET_LABELS,
+    rollup_row,
+    totals_row,
 )
 
 __all__ = ["SQLiteStorage"]
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, created_at REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS keys (
-    id TEXT PRIMARY KEY,
-    account_id TEXT NOT NULL REFERENCES accounts(id),
-    name TEXT NOT NULL,
-    tier TEXT NOT NULL,
-    permission TEXT NOT NULL,
-    website_id TEXT,
-    created_at REAL NOT NULL,
-    expires_at REAL,
-    revoked_at REAL,
-    per_minute INTEGER,
-    monthly_limit INTEGER,
-    monthly_credits INTEGER,
-    billing_anchor_day INTEGER,
-    last_used_at REAL,
-    total_requests INTEGER NOT NULL DEFAULT 0,
-    total_calls INTEGER NOT NULL DEFAULT 0,
-    total_credits INTEGER NOT NULL DEFAULT 0,
-    version INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS keys_by_account ON keys(account_id, created_at);
-CREATE INDEX IF NOT EXISTS keys_by_version ON keys(version);
-CREATE TABLE IF NOT EXISTS key_secrets (
-    hash TEXT PRIMARY KEY,
-    key_id TEXT NOT NULL REFERENCES keys(id),
-    expires_at REAL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS key_secrets_by_key ON key_secrets(key_id);
-CREATE TABLE IF NOT EXISTS counters (
-    subject TEXT NOT NULL,
-    period TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    granted INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (subject, period)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS usage_daily (
-    account_id TEXT NOT NULL,
-    key_id TEXT NOT NULL,
-    day TEXT NOT NULL,
-    action TEXT NOT NULL,
-    calls INTEGER NOT NULL,
-    credits INTEGER NOT NULL,
-    PRIMARY KEY (account_id, key_id, day, action)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS usage_by_account ON usage_daily(account_id, day);
-CREATE TABLE IF NOT EXISTS actions (action TEXT PRIMARY KEY, label TEXT NOT NULL);
-INSERT OR IGNORE INTO meta (name, value) VALUES ('key_seq', 0);
-"""
-
-
-def _from_json(*columns: str) -> str:
-    """`SELECT` the columns of a JSON array of rows (the statement's one parameter)."""
-    picks = ", ".join(f"json_extract(value, '$[{i}]') AS {c}" for i, c in enumerate(columns))
-    return f"SELECT {picks} FROM json_each(?1) WHERE true"  # WHERE: for the upsert's parser
-
-
-_CHUNK = 500  # rows per ledger statement
-
-_ADD_ROLLUPS = (
-    "INSERT INTO usage_daily (key_id, action, day, account_id, calls, credits) "
-    + _from_json("key_id", "action", "day", "account_id", "calls", "credits")
-    + " ON CONFLICT (account_id, key_id, day, action) DO UPDATE SET "
-    "calls = calls + excluded.calls, credits = credits + excluded.credits"
-)
-_ADD_KEY_TOTALS = (
-    "UPDATE keys SET total_requests = total_requests + t.requests, "
-    "total_calls = total_calls + t.calls, total_credits = total_credits + t.credits, "
-    "last_used_at = CASE WHEN t.last_used IS NULL THEN last_used_at "
-    "ELSE max(coalesce(last_used_at, 0), t.last_used) END "
-    "FROM (" + _from_json("id", "requests", "calls", "credits", "last_used") + ") AS t "
-    "WHERE keys.id = t.id"
-)
-_ADD_COUNTERS = (
-    "INSERT INTO counters (subject, period, count) "
-    + _from_json("subject", "period", "amount")
-    + " ON CONFLICT (subject, period) DO UPDATE SET count = count + excluded.count"
-)
-_SET_LABELS = (
-    "INSERT INTO actions (action, label) "
-    + _from_json("action", "label")
-    + " ON CONFLICT (action) DO UPDATE SET label = excluded.label"
-)
-
-
-def _rollup_row(r: Rollup) -> tuple[Any, ...]:
-    return (r.key_id, r.action, r.day, r.account_id, r.calls, r.credits)
-
-
-def _totals_row(item: tuple[str, KeyTotals]) -> tuple[Any, ...]:
-    key_id, t = item
-    return (key_id, t.requests, t.calls, t.credits, t.last_used_at)
-
-
-_KEY_FIELDS = (
-    "id, account_id, name, tier, permission, website_id, created_at, last_used_at, "
-    "expires_at, revoked_at, per_minute, monthly_limit, monthly_credits, billing_anchor_day"
-)
-
-
-def _key(row: sqlite3.Row | tuple[Any, ...]) -> ApiKey:
-    return ApiKey(*row)
 
 
 def path_from_url(url: str) -> str:
@@ -151,10 +50,9 @@ def path_from_url(url: str) -> str:
     return rest[1:]
 
 
-class SQLiteStorage(Storage):
+class SQLiteStorage(Storage, Transferable):
     """`sqlite:///relative/path.db` or `sqlite:////absolute/path.db`."""
 
-    schemes = ("sqlite",)
     resource_attribute = "_db"
     driver_errors = (sqlite3.Error,)
 
@@ -209,7 +107,7 @@ class SQLiteStorage(Storage):
         if version < SCHEMA_VERSION:
             await db.execute("BEGIN IMMEDIATE")
             try:
-                for statement in _statements(_SCHEMA):
+                for statement in _statements(SCHEMA):
                     await db.execute(statement)
                 await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
                 await db.execute("COMMIT")
@@ -257,9 +155,9 @@ class SQLiteStorage(Storage):
         async with self._write, self._transaction():
             version = await self._next_version()
             await self.db.execute(
-                f"INSERT INTO keys ({_KEY_FIELDS}, version) VALUES "
+                f"INSERT INTO keys ({KEY_FIELDS}, version) VALUES "
                 "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (*_values(key), version),
+                (*key_values(key), version),
             )
             await self.db.execute(
                 "INSERT INTO key_secrets (hash, key_id, expires_at) VALUES (?, ?, NULL)",
@@ -267,32 +165,30 @@ class SQLiteStorage(Storage):
             )
 
     async def get_key(self, key_id: str) -> ApiKey | None:
-        row = await self._one(f"SELECT {_KEY_FIELDS} FROM keys WHERE id = ?", (key_id,))
-        return None if row is None else _key(row)
+        row = await self._one(f"SELECT {KEY_FIELDS} FROM keys WHERE id = ?", (key_id,))
+        return None if row is None else ApiKey(*row)
 
     async def find_key(self, secret_hash: str, now: float) -> ApiKey | None:
-        fields = ", ".join(f"k.{f.strip()}" for f in _KEY_FIELDS.split(","))
+        fields = ", ".join(f"k.{column}" for column in KEY_COLUMNS)
         row = await self._one(
             f"SELECT {fields}, s.expires_at FROM key_secrets s JOIN keys k ON k.id = s.key_id "
             "WHERE s.hash = ? AND (s.expires_at IS NULL OR s.expires_at > ?)",
             (secret_hash, now),
         )
-        return None if row is None else retiring(_key(row[:-1]), row[-1])
+        return None if row is None else retiring(ApiKey(*row[:-1]), row[-1])
 
     async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
         if account_id is None:
-            rows = await self._all(f"SELECT {_KEY_FIELDS} FROM keys ORDER BY created_at, id")
+            rows = await self._all(f"SELECT {KEY_FIELDS} FROM keys ORDER BY created_at, id")
         else:
             rows = await self._all(
-                f"SELECT {_KEY_FIELDS} FROM keys WHERE account_id = ? ORDER BY created_at, id",
+                f"SELECT {KEY_FIELDS} FROM keys WHERE account_id = ? ORDER BY created_at, id",
                 (account_id,),
             )
-        return [_key(r) for r in rows]
+        return [ApiKey(*r) for r in rows]
 
     async def update_key(self, key_id: str, **changes: Any) -> ApiKey | None:
-        unknown = set(changes) - UPDATABLE_KEY_FIELDS
-        if unknown:
-            raise ValueError(f"cannot update {sorted(unknown)}")
+        check_updatable(changes)
         async with self._write, self._transaction():
             version = await self._next_version()
             sets = "".join(f"{name} = ?, " for name in changes)
@@ -371,7 +267,7 @@ class SQLiteStorage(Storage):
     # -- usage ledger ----------------------------------------------------------------
 
     async def record(self, batch: UsageBatch) -> None:
-        # Each table is written by statements over a JSON array of up to _CHUNK rows (one
+        # Each table is written by statements over a JSON array of up to CHUNK rows (one
         # parameter): one trip to the connection's thread per chunk, where executemany
         # releases and re-takes the GIL for every row. While the thread runs a chunk, the
         # event loop serves requests: a big flush never holds the loop for long. A chunk's
@@ -380,16 +276,16 @@ class SQLiteStorage(Storage):
             return
         keys = list(batch.key_totals().items())
         async with self._write, self._transaction():
-            await self._write_rows(_ADD_ROLLUPS, batch.rollups, _rollup_row)
-            await self._write_rows(_ADD_KEY_TOTALS, keys, _totals_row)
-            await self._write_rows(_ADD_COUNTERS, batch.counters, tuple)
-            await self._write_rows(_SET_LABELS, list(batch.labels.items()), tuple)
+            await self._write_rows(ADD_ROLLUPS, batch.rollups, rollup_row)
+            await self._write_rows(ADD_KEY_TOTALS, keys, totals_row)
+            await self._write_rows(ADD_COUNTERS, batch.counters, tuple)
+            await self._write_rows(SET_LABELS, list(batch.labels.items()), tuple)
 
     async def _write_rows(
         self, statement: str, items: Sequence[Any], row: Callable[[Any], tuple[Any, ...]]
     ) -> None:
-        for start in range(0, len(items), _CHUNK):
-            rows = json.dumps([row(item) for item in items[start : start + _CHUNK]])
+        for start in range(0, len(items), CHUNK):
+            rows = json.dumps([row(item) for item in items[start : start + CHUNK]])
             await self.db.execute(statement, (rows,))
 
     async def usage(
@@ -420,6 +316,27 @@ class SQLiteStorage(Storage):
 
     async def labels(self) -> dict[str, str]:
         return {r[0]: r[1] for r in await self._all("SELECT action, label FROM actions")}
+
+    # -- Transferable ------------------------------------------------------------------
+
+    async def dump(self) -> Snapshot:
+        # One read transaction: a consistent snapshot even while other processes write
+        # the file (WAL). The store's own writes wait for it (the write lock).
+        tables: dict[str, list[Any]] = {}
+        async with self._write:
+            await self.db.execute("BEGIN")
+            try:
+                for table, sql in dump_queries("").items():
+                    tables[table] = await self._all(sql)
+            finally:
+                await self.db.execute("COMMIT")
+        return snapshot_of(tables)
+
+    def location(self) -> str:
+        return f"sqlite:{self.path if self.path == ':memory:' else Path(self.path).resolve()}"
+
+    async def exists(self) -> bool:
+        return self.path != ":memory:" and await asyncio.to_thread(os.path.isfile, self.path)
 
     def _transaction(self) -> _Transaction:
         return _Transaction(self.db)
@@ -470,11 +387,3 @@ async def _use_wal(db: aiosqlite.Connection) -> None:
 
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
-
-
-def _values(key: ApiKey) -> tuple[Any, ...]:
-    return (
-        key.id, key.account_id, key.name, key.tier, key.permission, key.website_id,
-        key.created_at, key.last_used_at, key.expires_at, key.revoked_at, key.per_minute,
-        key.monthly_limit, key.monthly_credits, key.billing_anchor_day,
-    )  # fmt: skip

@@ -1,9 +1,8 @@
 """Copy one store into another: `meterware copy SOURCE_URL DEST_URL`.
 
-The storage contract has no bulk export of secret hashes, counters or raw rollups, so
-`export` reads each backend directly (SQL for SQLite and PostgreSQL, the dicts of the
-in-memory store) into a `Snapshot`. `copy` writes a snapshot into any destination through
-the public contract only:
+Every backend can be read whole (the `Transferable` capability: `dump()` gives a
+`Snapshot`). `copy` writes a snapshot into any destination through the storage contract
+only:
 
 - `ensure_account(id, created_at)` for each account (its creation time is kept);
 - `create_key` with the key's *oldest-ending* secret, then `add_secret` for the others in
@@ -40,62 +39,22 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
-import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from meterware.errors import MeterwareError
-from meterware.keys import ApiKey
-from meterware.storage.base import (
-    KeyActivity,
-    KeyTotals,
-    Rollup,
-    Storage,
-    UsageBatch,
-    redact,
-    wrap_error,
-)
-from meterware.storage.memory import MemoryStorage
+from meterware.storage.base import Storage, Transferable
+from meterware.storage.records import KeyActivity, KeyTotals, Rollup, Snapshot, UsageBatch
 
-__all__ = ["CopyReport", "Snapshot", "TransferError", "copy", "copy_urls", "export"]
+__all__ = ["CopyReport", "TransferError", "copy", "copy_urls", "export"]
 
 BATCH = 2000
 """Rows per `record` call (each is one transaction)."""
 
-RollupKey = tuple[str, str, str, str]  # (account_id, key_id, action, day)
-
 
 class TransferError(MeterwareError):
     """A copy that cannot be done, or whose result differs from what was expected."""
-
-
-@dataclass
-class Snapshot:
-    """Everything a store holds, in plain dicts.
-
-    `keys` hold every stored field but `last_used_at` (None here): a key's last use is
-    in `totals`, with its lifetime requests, calls and credits.
-    """
-
-    accounts: dict[str, float] = field(default_factory=dict)
-    keys: dict[str, ApiKey] = field(default_factory=dict)
-    totals: dict[str, KeyTotals] = field(default_factory=dict)
-    secrets: dict[str, tuple[str, float | None]] = field(default_factory=dict)
-    counters: dict[tuple[str, str], int] = field(default_factory=dict)
-    rollups: dict[RollupKey, tuple[int, int]] = field(default_factory=dict)
-    labels: dict[str, str] = field(default_factory=dict)
-
-    def empty(self) -> bool:
-        return not (
-            self.accounts
-            or self.keys
-            or self.secrets
-            or self.counters
-            or self.rollups
-            or self.labels
-        )
 
 
 @dataclass(frozen=True)
@@ -120,121 +79,11 @@ class CopyReport:
         return dataclasses.asdict(self)
 
 
-# -- export ---------------------------------------------------------------------------
-
-
 async def export(store: Storage) -> Snapshot:
-    """Read everything `store` (open) holds: memory, SQLite or PostgreSQL."""
-    if isinstance(store, MemoryStorage):
-        return _export_memory(store)
-    if "sqlite" in store.schemes:
-        from meterware.storage.sqlite import SQLiteStorage
-
-        assert isinstance(store, SQLiteStorage)
-        return await _guarded(store, _export_sqlite(store))
-    if "postgresql" in store.schemes:
-        from meterware.storage.postgres import PostgresStorage
-
-        assert isinstance(store, PostgresStorage)
-        return await _guarded(store, _export_postgres(store))
-    raise TransferError(f"cannot export from {type(store).__name__}: no bulk reader for it")
-
-
-async def _guarded(store: Storage, reading: Any) -> Snapshot:
-    """Await `reading`, raising the driver's errors as `StorageError` like the store does."""
-    try:
-        snapshot: Snapshot = await reading
-    except store.driver_errors as exc:
-        raise wrap_error(store, exc) from exc
-    return snapshot
-
-
-def _export_memory(store: MemoryStorage) -> Snapshot:
-    # The in-memory store's private dicts (see memory.py); nothing else can reach them.
-    snap = Snapshot(accounts=dict(store._accounts), labels=dict(store._labels))
-    for key_id, key in store._keys.items():
-        snap.keys[key_id] = replace(key, last_used_at=None)
-        totals = store._totals.get(key_id)
-        if totals is None:  # never used: the key's own field is its last use, as get_key
-            totals = KeyTotals(last_used_at=key.last_used_at)
-        snap.totals[key_id] = replace(totals)  # a copy: the store updates its own in place
-    snap.secrets = dict(store._secrets)
-    snap.counters = dict(store._counters)
-    snap.rollups = {k: (v[0], v[1]) for k, v in store._daily.items()}
-    return snap
-
-
-_KEY_COLUMNS = (
-    "id, account_id, name, tier, permission, website_id, created_at, expires_at, revoked_at, "
-    "per_minute, monthly_limit, monthly_credits, billing_anchor_day, "
-    "total_requests, total_calls, total_credits, last_used_at"
-)
-
-
-def _key_row(snap: Snapshot, row: Sequence[Any]) -> None:
-    key = ApiKey(
-        id=row[0], account_id=row[1], name=row[2], tier=row[3], permission=row[4],
-        website_id=row[5], created_at=row[6], expires_at=row[7], revoked_at=row[8],
-        per_minute=row[9], monthly_limit=row[10], monthly_credits=row[11],
-        billing_anchor_day=row[12],
-    )  # fmt: skip
-    snap.keys[key.id] = key
-    snap.totals[key.id] = KeyTotals(int(row[13]), int(row[14]), int(row[15]), row[16])
-
-
-def _fill(snap: Snapshot, tables: dict[str, list[Sequence[Any]]]) -> Snapshot:
-    snap.accounts = {str(r[0]): float(r[1]) for r in tables["accounts"]}
-    for row in tables["keys"]:
-        _key_row(snap, row)
-    snap.secrets = {str(r[0]): (str(r[1]), r[2]) for r in tables["secrets"]}
-    snap.counters = {(str(r[0]), str(r[1])): int(r[2]) for r in tables["counters"]}
-    snap.rollups = {
-        (str(r[0]), str(r[1]), str(r[2]), str(r[3])): (int(r[4]), int(r[5]))
-        for r in tables["rollups"]
-    }
-    snap.labels = {str(r[0]): str(r[1]) for r in tables["labels"]}
-    return snap
-
-
-def _queries(s: str) -> dict[str, str]:
-    """One SELECT per table; `s` is the table prefix (`""` or `"schema".`)."""
-    return {
-        "accounts": f"SELECT id, created_at FROM {s}accounts",
-        "keys": f"SELECT {_KEY_COLUMNS} FROM {s}keys",
-        "secrets": f"SELECT hash, key_id, expires_at FROM {s}key_secrets",
-        "counters": f"SELECT subject, period, count FROM {s}counters",
-        "rollups": (f"SELECT account_id, key_id, action, day, calls, credits FROM {s}usage_daily"),
-        "labels": f"SELECT action, label FROM {s}actions",
-    }
-
-
-async def _export_sqlite(store: Any) -> Snapshot:
-    # One read transaction on the store's connection: a consistent snapshot even while
-    # other processes write the file (WAL). Nothing else may use this store object
-    # meanwhile (the CLI's store is its own).
-    db = store.db
-    tables: dict[str, list[Sequence[Any]]] = {}
-    await db.execute("BEGIN")
-    try:
-        for table, sql in _queries("").items():
-            async with db.execute(sql) as cursor:
-                tables[table] = list(await cursor.fetchall())
-    finally:
-        await db.execute("COMMIT")
-    return _fill(Snapshot(), tables)
-
-
-async def _export_postgres(store: Any) -> Snapshot:
-    # The schema name was validated by the store (A-Za-z0-9_), so quoting is enough.
-    prefix = f'"{store.schema}".'
-    tables: dict[str, list[Sequence[Any]]] = {}
-    async with (
-        store.pool.acquire() as conn,
-        conn.transaction(isolation="repeatable_read", readonly=True),
-    ):
-        for table, sql in _queries(prefix).items():
-            tables[table] = list(await conn.fetch(sql))
-    return _fill(Snapshot(), tables)
+    """Everything an open store holds."""
+    if not isinstance(store, Transferable):
+        raise TransferError(f"cannot export from {type(store).__name__}: it cannot be read whole")
+    return await store.dump()
 
 
 # -- copy -------------------------------------------------------------------------------
@@ -435,50 +284,11 @@ async def copy_urls(
 
     source = storage_from_url(source_url)
     destination = storage_from_url(destination_url)
-    if _same_place(source, destination):
+    if not isinstance(source, Transferable) or not isinstance(destination, Transferable):
+        raise TransferError("both stores must be readable whole")
+    if source.location() == destination.location():
         raise TransferError("the source and the destination are the same store")
-    await _check_exists(source)
+    if not await source.exists():
+        raise TransferError(f"no meterware store at {source!r}")
     async with source, destination:
         return await copy(source, destination, merge=merge, now=now)
-
-
-def _place(store: Storage) -> tuple[str, ...]:
-    path = getattr(store, "path", None)
-    if "sqlite" in store.schemes and isinstance(path, str) and path != ":memory:":
-        return ("sqlite", str(Path(path).resolve()))
-    if "postgresql" in store.schemes:
-        from meterware.storage.postgres import _split_schema
-
-        return ("postgresql", _split_schema(store.url)[0], str(getattr(store, "schema", "")))
-    return ("other", str(id(store)))
-
-
-def _same_place(a: Storage, b: Storage) -> bool:
-    return _place(a) == _place(b)
-
-
-def _check_file(store: Storage) -> None:
-    path = getattr(store, "path", ":memory:")
-    if path != ":memory:" and not os.path.isfile(path):
-        raise TransferError(f"no SQLite database at {path!r}")
-
-
-async def _check_exists(store: Storage) -> None:
-    if "sqlite" in store.schemes:
-        _check_file(store)
-    elif "postgresql" in store.schemes:
-        import asyncpg
-
-        from meterware.storage.postgres import _split_schema
-
-        schema = str(getattr(store, "schema", "public"))
-        try:
-            conn = await asyncpg.connect(_split_schema(store.url)[0], timeout=10)
-            try:
-                found = await conn.fetchval("SELECT to_regclass($1)", f'"{schema}".meta')
-            finally:
-                await conn.close()
-        except store.driver_errors as exc:
-            raise wrap_error(store, exc) from exc
-        if found is None:
-            raise TransferError(f"no meterware store in schema {schema!r} of {redact(store.url)}")

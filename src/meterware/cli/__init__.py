@@ -1,0 +1,75 @@
+"""The `meterware` command: manage API keys, show the tiers, copy one store into another.
+
+```
+meterware keys create --name NAME [--account ID] [--tier TIER] [--permission P] ...
+meterware keys list [--account ID]
+meterware keys show ID
+meterware keys revoke ID
+meterware keys rotate ID [--grace SECONDS]
+meterware tiers
+meterware copy SOURCE_URL DEST_URL [--merge]
+```
+
+Every `keys` command takes `--storage URL` (default `$METERWARE_STORAGE`, else
+`sqlite:///meterware.db`), `--key-prefix` and `--json`; `copy` takes `--merge` and
+`--json`. Secrets are hashed with `$METERWARE_PEPPER`, as the middleware hashes them,
+and printed only by `create` and `rotate`. A failure is one line on stderr: exit status
+1, or 2 for a bad command line.
+
+The commands are thin: they parse, call `meterware.Admin` (or the storage transfer),
+and print. Each module of this package adds its commands with `register`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from typing import Any
+
+from meterware.admin import Admin
+from meterware.cli import copy, keys, tiers
+from meterware.cli.args import Parser, UsageError, store_options
+from meterware.cli.output import fail
+from meterware.errors import MeterwareError
+
+__all__ = ["main"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line `argv` (default `sys.argv[1:]`); the exit status."""
+    try:
+        args = parser().parse_args(argv)
+        data, text = asyncio.run(_run(args))
+    except UsageError as exc:
+        return fail(str(exc), 2)
+    except SystemExit as exc:  # --help
+        return exc.code if isinstance(exc.code, int) else 0
+    except (MeterwareError, ValueError, OSError, ImportError) as exc:
+        return fail(f"meterware: error: {exc or type(exc).__name__}", 1)
+    except KeyboardInterrupt:
+        return fail("meterware: interrupted", 130)
+    print(json.dumps(data, indent=2) if args.json else text)
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> tuple[Any, str]:
+    now = time.time()  # one instant for the whole command
+    if getattr(args, "standalone", False):
+        result: tuple[Any, str] = await args.command(args, now)
+        return result
+    async with Admin(args.storage, key_prefix=args.key_prefix, clock=lambda: now) as admin:
+        result = await args.command(args, admin, now)
+        return result
+
+
+def parser() -> argparse.ArgumentParser:
+    """The whole command line."""
+    common = store_options()
+    top = Parser(prog="meterware", description="Manage meterware API keys.")
+    commands = top.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    keys.register(commands, common)
+    tiers.register(commands, common)
+    copy.register(commands)
+    return top

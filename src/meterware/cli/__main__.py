@@ -1,0 +1,7 @@
+"""`python -m meterware.cli`."""
+
+import sys
+
+from meterware.cli import main
+
+sys.exit(main())

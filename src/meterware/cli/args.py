@@ -1,0 +1,77 @@
+"""The command line's grammar: a parser that fails in one line, and argument types."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+from meterware import config
+from meterware.keys import SecretHasher, valid_id
+from meterware.tiers import TierTable
+
+DAY = 86_400
+
+
+class UsageError(Exception):
+    """A bad command line, reported in one line instead of argparse's usage block."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{self.prog}: error: {message} (see --help)")
+
+
+def checked(check: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    """An argparse `type` from a converter that raises `ValueError`."""
+
+    def convert(text: str) -> Any:
+        try:
+            return check(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc) or f"not {what}: {text!r}") from None
+
+    convert.__name__ = what
+    return convert
+
+
+def number(kind: type[float], low: float, high: float, expect: str) -> Callable[[str], Any]:
+    """An argparse `type` for a number from `low` to `high`."""
+
+    def check(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:  # also refuses nan
+            raise ValueError(f"must be {expect}, not {text!r}")
+        return value
+
+    return checked(check, "number")
+
+
+def _id(text: str) -> str:
+    if not valid_id(text):
+        raise ValueError(f"{text!r} is not an id (1-128 characters of A-Za-z0-9_.:-)")
+    return text
+
+
+count_arg = number(int, 0, 2**62, "an integer >= 0")
+id_arg = checked(_id, "id")
+tier_arg = checked(lambda text: TierTable.from_env().check(text), "tier")
+prefix_arg = checked(lambda text: SecretHasher(prefix=text).prefix, "key prefix")
+
+
+def store_options() -> Parser:
+    """The options of every command that works on a store."""
+    common = Parser(add_help=False)
+    common.add_argument(
+        "--storage",
+        metavar="URL",
+        help=f"the store (default: $METERWARE_STORAGE, else {config.DEFAULT_STORAGE})",
+    )
+    common.add_argument(
+        "--key-prefix", type=prefix_arg, default="mw_", help="secret prefix (default: mw_)"
+    )
+    common.add_argument("--json", action="store_true", help="print JSON")
+    return common

@@ -1,0 +1,302 @@
+"""The services one app runs, their lifecycle and their background work.
+
+A `Runtime` holds the store, the key resolver, the admission engine (windows, quota),
+the ledger, the route costs, the tiers and the clock. The middleware drives requests
+through it; the usage endpoint reads through it (`Call.runtime`). Each request carries
+a `Call` in its scope: the caller, and what the call costs.
+
+Background work runs in tasks of its own, so that one failing cannot hold up another:
+the ledger's flush (every `flush_interval`, with backoff while the store fails), the key
+poll (every `key_refresh`: revocations and key changes), and upkeep (idle quota leases
+returned, ended windows forgotten). `tick()` runs the poll and the upkeep once, at the
+clock's time: tests move a fake clock and tick instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.requests import HTTPConnection
+from starlette.types import Scope
+
+from meterware import config, responses
+from meterware.admission import Admission, Plan
+from meterware.clock import Clock
+from meterware.config import Settings
+from meterware.errors import ConfigurationError, StorageError
+from meterware.keys import Caller, KeyCache, KeyExtractor, KeyResolver, SecretHasher
+from meterware.ledger import Meter
+from meterware.metering import Cost, RouteCosts, check_credits
+from meterware.quota import QuotaCounter, QuotaStatus, quota_status
+from meterware.responses import Denial, Headers, RateLimitHeaders
+from meterware.storage import Storage, storage_from_url
+from meterware.tiers import TierTable
+from meterware.windows import windows_from
+
+__all__ = ["Call", "Runtime", "get_caller", "set_cost"]
+
+log = logging.getLogger("meterware")
+
+UPKEEP_EVERY = 5.0  # seconds between background upkeep runs (at most lease_idle / 4)
+
+
+class Runtime:
+    """The services behind one middleware (see module doc)."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        storage: str | Storage | None = None,
+        resolver: KeyResolver | None = None,
+        tiers: TierTable | Mapping[str, Mapping[str, int | None]] | None = None,
+        clock: Clock,
+        routes_of: Callable[[Scope], Iterable[Any] | None] = lambda scope: None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self._owns_store = not isinstance(storage, Storage)
+        self.store = (
+            storage
+            if isinstance(storage, Storage)
+            else storage_from_url(config.storage_url(storage))
+        )
+        self.tiers = TierTable.coerce(tiers)
+        self.hasher = SecretHasher(prefix=settings.key_prefix, pepper=settings.pepper)
+        self.extract = KeyExtractor(settings.key_headers, bearer=settings.bearer)
+        self.keys = KeyCache(self.store, self.hasher) if resolver is None else None
+        self.host_resolver = resolver
+        self.costs = RouteCosts(settings.default_cost, routes_of=routes_of)
+        self.meter = Meter(
+            self.store,
+            flush_interval=settings.flush_interval,
+            flush_batch=settings.flush_batch,
+            max_pending=settings.max_pending,
+        )
+        self.quota = QuotaCounter(
+            self.store,
+            max_block=settings.quota_block,
+            lease_idle=settings.lease_idle,
+            defer=self.meter.count,
+        )
+        self.windows = windows_from(
+            settings.rate_limit_storage, fail_open="rate_limit" in settings.fail_open
+        )
+        self.admission = Admission(
+            self.windows,
+            self.quota,
+            self.meter,
+            RateLimitHeaders(settings.rate_limit_headers, window=self.windows.window),
+            fail_open=settings.fail_open,
+            charge=settings.charge,
+        )
+        self._plans: dict[int, Plan] = {}
+        self._started = False
+        self._starting = asyncio.Lock()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self._next_sweep = 0.0
+
+    # -- the request path --------------------------------------------------------------
+
+    async def authenticate(
+        self, headers: Iterable[tuple[bytes, bytes]], now: float
+    ) -> Caller | Denial:
+        """The caller behind the request's key, or the 401 (or 503) to send."""
+        secret = self.extract(headers)
+        if secret is None:
+            return Denial(responses.UNAUTHORIZED, [])
+        try:
+            if self.keys is not None:
+                caller = await self.keys.resolve(secret, now)
+            else:
+                assert self.host_resolver is not None
+                caller = await self.host_resolver(secret)
+        except StorageError as exc:
+            return self.admission.unavailable(exc)
+        return caller if caller is not None else Denial(responses.UNAUTHORIZED, [])
+
+    def plan(self, caller: Caller) -> Plan | Denial:
+        """The caller's plan (limits and counters), worked out once per caller object: the
+        key cache hands out the same object for every request of a key."""
+        plan = self._plans.get(id(caller))
+        if plan is not None and plan.caller is caller:
+            return plan
+        try:
+            limits = self.tiers.limits_for(caller)
+        except ConfigurationError:
+            log.error("key %s has tier %r, unknown to the tiers", caller.key_id, caller.tier)
+            return Denial(responses.FORBIDDEN_TIER, [])
+        if len(self._plans) >= 100_000:
+            self._plans.clear()
+        plan = self._plans[id(caller)] = Plan(
+            caller, limits, by_account=self.settings.rate_limit_by == "account"
+        )
+        return plan
+
+    # -- what the usage endpoint reads ---------------------------------------------------
+
+    async def labels(self) -> dict[str, str]:
+        """Action labels: those recorded in storage, overridden by the routes' current ones."""
+        return {**await self.store.labels(), **self.costs.labels}
+
+    async def quota_status(self, caller: Caller, now: float) -> QuotaStatus:
+        """The caller's monthly numbers, this process's pending usage written first."""
+        await self.meter.flush()
+        return await quota_status(
+            self.store,
+            subject=caller.subject,
+            key_id=caller.key_id,
+            limits=self.tiers.limits_for(caller),
+            now=now,
+            counter=self.quota,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._started
+
+    async def start(self) -> None:
+        """Open storage, check the tiers of stored keys, start the background tasks.
+
+        Called on lifespan startup, or by the first request where there is no lifespan.
+        """
+        async with self._starting:
+            if self._started:
+                return
+            if not self.store.opened:
+                await self.store.open()
+            else:
+                self._owns_store = False
+            unknown = {t for t in await self.store.key_tiers() if not self.tiers.knows(t)}
+            if unknown:
+                raise ConfigurationError(
+                    f"stored keys use tiers the tier table does not know: {sorted(unknown)}"
+                )
+            if self.keys is not None:
+                await self.keys.start()
+            loop = asyncio.get_running_loop()
+            self._tasks = [
+                loop.create_task(self._flushing()),
+                loop.create_task(self._every(self.settings.key_refresh, self.poll_keys)),
+                loop.create_task(
+                    self._every(min(UPKEEP_EVERY, self.settings.lease_idle / 4), self.upkeep)
+                ),
+            ]
+            self._started = True
+
+    async def stop(self) -> None:
+        """Flush everything, return unused quota, close what meterware opened."""
+        if not self._started:
+            return
+        self._started = False
+        self._stopping = True
+        self.meter.wake()
+        flushing, *others = self._tasks
+        for task in others:
+            task.cancel()
+        try:  # let the flush task finish the flush it may be in
+            await asyncio.wait_for(asyncio.shield(flushing), timeout=10)
+        except asyncio.TimeoutError:
+            flushing.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        self._stopping = False
+        for attempt in range(3):
+            if await self.meter.flush():
+                break
+            await asyncio.sleep(0.2 * (attempt + 1))
+        else:
+            log.error(
+                "usage could not be written at shutdown: %d aggregates lost", self.meter.pending
+            )
+        try:
+            await self.quota.release_all()
+        except StorageError as exc:
+            log.warning("could not return unused quota at shutdown: %s", exc)
+        await self.windows.close()
+        if self._owns_store:
+            await self.store.close()
+
+    async def tick(self) -> None:
+        """Run the key poll and the upkeep once, now (tests call it after moving time)."""
+        await self.poll_keys()
+        await self.upkeep()
+
+    async def poll_keys(self) -> None:
+        """Drop cached keys that changed in the store (revoked, rotated, re-tiered)."""
+        if self.keys is not None:
+            await self.keys.poll()
+
+    async def upkeep(self) -> None:
+        """Return idle quota leases; forget per-minute windows that have ended."""
+        now = self.clock()
+        await self.quota.release_idle(now)
+        if now >= self._next_sweep or now < self._next_sweep - 60:
+            self._next_sweep = now + 60
+            self.windows.sweep(now)
+
+    async def _flushing(self) -> None:
+        while not self._stopping:
+            await self.meter.wait()
+            if self._stopping:
+                return
+            if await self.meter.flush():
+                self.admission.outages.recovered("storage")
+
+    async def _every(self, interval: float, job: Callable[[], Awaitable[None]]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await job()
+            except StorageError as exc:
+                log.debug("background storage work failed: %s", exc)
+            except Exception:
+                log.exception("meterware background task error")
+
+
+@dataclass(slots=True)
+class Call:
+    """The per-request state meterware keeps in `scope["meterware"]`."""
+
+    caller: Caller
+    runtime: Runtime
+    cost: Cost | None = None
+    credits: int = 0
+    headers: Headers | None = None  # the rate-limit headers the usage endpoint adds
+
+
+SCOPE_KEY = "meterware"
+
+
+def _call(request: HTTPConnection) -> Call:
+    call = request.scope.get(SCOPE_KEY)
+    if not isinstance(call, Call):
+        raise LookupError("this request did not pass through MeterwareMiddleware")
+    return call
+
+
+def get_caller(request: HTTPConnection) -> Caller:
+    """Who made this request (a `Caller`); also usable as a FastAPI dependency.
+
+    Raises `LookupError` if the request did not pass through the middleware (an exempt
+    path, or no middleware).
+    """
+    return _call(request).caller
+
+
+def set_cost(request: HTTPConnection, credits: int) -> None:
+    """Set the credits this call costs, from inside the handler (e.g. by payload size).
+
+    Charged only if the call succeeds; must be a non-negative integer.
+    """
+    _call(request).credits = check_credits(credits)
