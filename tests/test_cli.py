@@ -17,7 +17,7 @@ import pytest
 
 from meterware.clock import month_period
 from meterware.keys import SecretHasher
-from meterware.limits import requests_counter
+from meterware.quota import requests_counter
 from meterware.storage import storage_from_url
 from meterware.tiers import DEFAULT_TIERS, LEGACY_TIERS
 

@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
-from meterware.keys import SecretHasher, create_key, rotate_key
+from meterware import Admin
+from meterware.keys import SecretHasher
 from meterware.storage import KeyActivity, Rollup, Storage, UsageBatch, storage_from_url
 from meterware.storage.memory import MemoryStorage
 from meterware.storage.sqlite import SQLiteStorage
 from meterware.storage.transfer import TransferError, copy, copy_urls, export
-from tests.conftest import PostgresBackend, require_postgres
+from tests.backends import PostgresBackend, require_postgres
 from tests.utils import bearer, serve, starlette_app
 
 PEPPER = "copy-test-pepper"
@@ -52,7 +53,9 @@ async def fill(store: Storage) -> Deployment:
     now = time.time()
 
     async def key(name: str, **fields: Any) -> str:
-        made, secret = await create_key(store, HASHER, name=name, now=now, **fields)
+        made, secret = await Admin(store, pepper=PEPPER, clock=lambda: now).create_key(
+            name=name, **fields
+        )
         d.secrets[name] = secret
         d.key_ids[name] = made.id
         return made.id
@@ -89,10 +92,10 @@ async def fill(store: Storage) -> Deployment:
 
     # Rotations: the first secret expired (grace 0), the second in a one-hour grace.
     d.secrets["rotated_expired"] = d.secrets["rotated"]
-    second = await rotate_key(store, HASHER, rotated, now=now - 5, grace=0)
+    _, second = await Admin(store, pepper=PEPPER, clock=lambda: now - 5).rotate_key(rotated)
     assert second is not None
     d.secrets["rotated_grace"] = second
-    third = await rotate_key(store, HASHER, rotated, now=now, grace=3600)
+    _, third = await Admin(store, pepper=PEPPER, clock=lambda: now).rotate_key(rotated, grace=3600)
     assert third is not None
     d.secrets["rotated"] = third
 
@@ -216,7 +219,7 @@ async def test_refusals(tmp_path: Path):
         await copy_urls(source_url, dest_url, merge=True, now=time.time())
     with pytest.raises(TransferError, match="same store"):
         await copy_urls(source_url, f"sqlite:///{tmp_path}/./a.db", now=time.time())
-    with pytest.raises(TransferError, match="no SQLite database"):
+    with pytest.raises(TransferError, match="no meterware store"):
         await copy_urls(f"sqlite:///{tmp_path}/typo.db", dest_url, now=time.time())
     assert not (tmp_path / "typo.db").exists()
     async with SQLiteStorage(dest_url) as dest:
@@ -228,7 +231,9 @@ async def test_merge_adds_keys_and_sums_usage():
     now = time.time()
     one, two, dest = MemoryStorage(), MemoryStorage(), MemoryStorage()
     for store, label in ((one, "Image → HTML"), (two, "Image to HTML (old)")):
-        key, _ = await create_key(store, HASHER, name="k", account_id="acct_a", now=now)
+        key, _ = await Admin(store, pepper=PEPPER, clock=lambda: now).create_key(
+            name="k", account_id="acct_a"
+        )
         await store.record(
             UsageBatch(
                 rollups=[Rollup("acct_a", "", "image_to_html", "2026-01-05", 3, 90)],

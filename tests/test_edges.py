@@ -12,16 +12,12 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 from meterware import MeterwareMiddleware, StorageError
-from meterware.limits import QuotaCounter
-from meterware.metering import Cost, Meter
+from meterware.ledger import Meter
+from meterware.metering import Cost
+from meterware.quota import QuotaCounter
 from meterware.storage.memory import MemoryStorage
 from meterware.storage.sqlite import SQLiteStorage
 from tests.utils import FakeClock, bearer, new_key, serve, starlette_app
-
-
-@pytest.fixture
-def clock():
-    return FakeClock("2026-04-12T14:30:00")
 
 
 async def test_raw_asgi_app_gets_a_graceful_shutdown(tmp_path, clock):
@@ -56,8 +52,8 @@ async def test_month_rollover_never_over_admits():
     store = MemoryStorage()
     await store.open()
     clock = FakeClock()
-    counter = QuotaCounter(store, clock=clock)
-    assert await counter.take("requests:k", "2026-03-01", 1, 10_000)
+    counter = QuotaCounter(store, defer=lambda *args: None)
+    assert await counter.take("requests:k", "2026-03-01", 1, 10_000, clock())
     assert counter.unused("requests:k", "2026-03-01") > 0
     gate = asyncio.Event()
     real_release = store.release
@@ -67,10 +63,10 @@ async def test_month_rollover_never_over_admits():
         await real_release(*args)
 
     store.release = slow_release  # type: ignore[method-assign]
-    rollover = asyncio.create_task(counter.take("requests:k", "2026-04-01", 1, 10_000))
+    rollover = asyncio.create_task(counter.take("requests:k", "2026-04-01", 1, 10_000, clock()))
     await asyncio.sleep(0)
     # a request whose clock still read March: its units are gone from reach
-    assert counter.take_now("requests:k", "2026-03-01", 1, 10_000, clock()) is False
+    assert counter.unused("requests:k", "2026-03-01") == 0
     gate.set()
     assert await rollover
     assert await store.counter("requests:k", "2026-03-01") == 1
@@ -80,7 +76,7 @@ async def test_cancelled_flush_keeps_the_usage():
     """A flush cancelled while writing puts its aggregates back."""
     store = MemoryStorage()
     await store.open()
-    meter = Meter(store, clock=FakeClock())
+    meter = Meter(store)
     started = asyncio.Event()
 
     async def slow_record(batch):
@@ -164,9 +160,10 @@ async def test_last_use_is_the_latest_admission_even_when_requests_overlap(clock
     store = MemoryStorage()
     await store.open()
     key, secret = await new_key(store, clock, tier="pro")
-    release = asyncio.Event()
+    release, entered = asyncio.Event(), asyncio.Event()
 
     async def slow(request):
+        entered.set()
         await release.wait()
         return PlainTextResponse("slow")
 
@@ -177,7 +174,7 @@ async def test_last_use_is_the_latest_admission_even_when_requests_overlap(clock
     app = starlette_app(store, clock, routes=routes, flush_interval=3600)
     async with serve(app) as client:
         first = asyncio.create_task(client.get("/slow", headers=bearer(secret)))
-        await asyncio.sleep(0.05)
+        await entered.wait()
         clock.advance(5)
         assert (await client.get("/fast", headers=bearer(secret))).status_code == 200
         release.set()

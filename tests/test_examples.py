@@ -17,8 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from meterware import SecretHasher
-from meterware.keys import create_key
+from meterware import Admin
 from meterware.storage.sqlite import SQLiteStorage
 from tests.utils import serve
 
@@ -42,7 +41,7 @@ async def make_key(url: str, **fields) -> tuple[str, str]:
     async with SQLiteStorage(url) as store:
         fields.setdefault("name", "Production Key")
         fields.setdefault("account_id", "acct_demo")
-        key, secret = await create_key(store, SecretHasher(), now=time.time(), **fields)
+        key, secret = await Admin(store).create_key(**fields)
     return key.id, secret
 
 

@@ -13,15 +13,18 @@ from starlette.routing import Route
 
 from meterware import ConfigurationError, Tier, TierTable
 from meterware.clock import isoformat_ms, month_period
-from meterware.limits import QuotaCounter
+from meterware.quota import QuotaCounter
 from meterware.storage.memory import MemoryStorage
 from meterware.storage.sqlite import SQLiteStorage
 from tests.utils import FakeClock, at, bearer, new_key, serve, starlette_app
 
+pytestmark = pytest.mark.clock_at("2026-02-07T12:00:00")
+
 
 @pytest.fixture(params=[pytest.param("memory", marks=pytest.mark.memory),
                         pytest.param("sqlite", marks=pytest.mark.sqlite)])  # fmt: skip
-async def store(request, tmp_path):
+async def local_store(request, tmp_path):
+    """An open store in process or on a SQLite file."""
     store = (
         MemoryStorage()
         if request.param == "memory"
@@ -32,9 +35,8 @@ async def store(request, tmp_path):
     await store.close()
 
 
-@pytest.fixture
-def clock():
-    return FakeClock("2026-02-07T12:00:00")
+def ignore(counter: str, period: str, amount: int) -> None:
+    """No write-behind counting (the limits here are all finite)."""
 
 
 def iso(ts: float) -> str:
@@ -69,10 +71,10 @@ def test_month_period(now, anchor, start, end):
 # -- per minute -------------------------------------------------------------------------
 
 
-async def test_per_minute_limit_and_headers(store, clock):
+async def test_per_minute_limit_and_headers(local_store, clock):
     """per_minute=3 answers 200, 200, 200, 429 with X-RateLimit-Remaining 2, 1, 0, 0."""
-    _, secret = await new_key(store, clock, per_minute=3)
-    async with serve(starlette_app(store, clock)) as client:
+    _, secret = await new_key(local_store, clock, per_minute=3)
+    async with serve(starlette_app(local_store, clock)) as client:
         answers = []
         for _ in range(4):
             answers.append(await client.get("/hello", headers=bearer(secret)))
@@ -88,10 +90,10 @@ async def test_per_minute_limit_and_headers(store, clock):
     assert refused.headers["ratelimit"].startswith('"minute";r=0;t=57')
 
 
-async def test_retry_after_is_never_too_early(store, clock):
+async def test_retry_after_is_never_too_early(local_store, clock):
     """A request sent exactly Retry-After seconds after a 429 is admitted."""
-    _, secret = await new_key(store, clock, per_minute=2)
-    async with serve(starlette_app(store, clock)) as client:
+    _, secret = await new_key(local_store, clock, per_minute=2)
+    async with serve(starlette_app(local_store, clock)) as client:
         await client.get("/hello", headers=bearer(secret))
         clock.advance(20.4)
         await client.get("/hello", headers=bearer(secret))
@@ -105,21 +107,21 @@ async def test_retry_after_is_never_too_early(store, clock):
         assert (await client.get("/hello", headers=bearer(secret))).status_code == 200
 
 
-async def test_rate_limit_by_account(store, clock):
+async def test_rate_limit_by_account(local_store, clock):
     """rate_limit_by='account' shares one window among an account's keys."""
-    _, one = await new_key(store, clock, per_minute=2)
-    _, two = await new_key(store, clock, per_minute=2, name="second")
-    async with serve(starlette_app(store, clock, rate_limit_by="account")) as client:
+    _, one = await new_key(local_store, clock, per_minute=2)
+    _, two = await new_key(local_store, clock, per_minute=2, name="second")
+    async with serve(starlette_app(local_store, clock, rate_limit_by="account")) as client:
         codes = [
             (await client.get("/hello", headers=bearer(s))).status_code for s in (one, two, one)
         ]
     assert codes == [200, 200, 429]
 
 
-async def test_rate_limited_requests_do_not_count_toward_the_month(store, clock):
+async def test_rate_limited_requests_do_not_count_toward_the_month(local_store, clock):
     """Requests refused with 429 do not use monthly quota."""
-    _, secret = await new_key(store, clock, per_minute=1)
-    async with serve(starlette_app(store, clock, usage_path="/usage")) as client:
+    _, secret = await new_key(local_store, clock, per_minute=1)
+    async with serve(starlette_app(local_store, clock, usage_path="/usage")) as client:
         for _ in range(5):
             await client.get("/hello", headers=bearer(secret))
         clock.advance(60)
@@ -128,10 +130,10 @@ async def test_rate_limited_requests_do_not_count_toward_the_month(store, clock)
     assert usage["data"]["usage"]["total_requests"] == 1
 
 
-async def test_limits_package_storage(store, clock):
+async def test_limits_package_storage(local_store, clock):
     """rate_limit_storage takes a limits async storage URI (here async+memory://)."""
-    _, secret = await new_key(store, clock, per_minute=2)
-    app = starlette_app(store, clock, rate_limit_storage="async+memory://")
+    _, secret = await new_key(local_store, clock, per_minute=2)
+    app = starlette_app(local_store, clock, rate_limit_storage="async+memory://")
     async with serve(app) as client:
         codes = [(await client.get("/hello", headers=bearer(secret))).status_code for _ in range(3)]
     assert codes == [200, 200, 429]
@@ -148,11 +150,11 @@ def test_sync_limits_storage_is_a_configuration_error():
 # -- month ------------------------------------------------------------------------------
 
 
-async def test_quota_exceeded_and_reset_across_the_year_end(store, clock):
+async def test_quota_exceeded_and_reset_across_the_year_end(local_store, clock):
     """monthly_limit=2 refuses the 3rd call with QUOTA_EXCEEDED until 1 Jan 00:00 UTC."""
     clock.set("2026-12-31T23:59:58")
-    _, secret = await new_key(store, clock, monthly_limit=2)
-    async with serve(starlette_app(store, clock)) as client:
+    _, secret = await new_key(local_store, clock, monthly_limit=2)
+    async with serve(starlette_app(local_store, clock)) as client:
         assert (await client.get("/hello", headers=bearer(secret))).status_code == 200
         assert (await client.get("/hello", headers=bearer(secret))).status_code == 200
         clock.advance(0.5)
@@ -165,11 +167,11 @@ async def test_quota_exceeded_and_reset_across_the_year_end(store, clock):
         assert (await client.get("/hello", headers=bearer(secret))).status_code == 200
 
 
-async def test_anchor_day_moves_the_reset(store, clock):
+async def test_anchor_day_moves_the_reset(local_store, clock):
     """A key anchored on the 31st resets on 28 Feb in a common year."""
     clock.set("2027-02-27T23:59:59")
-    _, secret = await new_key(store, clock, monthly_limit=1, billing_anchor_day=31)
-    async with serve(starlette_app(store, clock, usage_path="/usage")) as client:
+    _, secret = await new_key(local_store, clock, monthly_limit=1, billing_anchor_day=31)
+    async with serve(starlette_app(local_store, clock, usage_path="/usage")) as client:
         assert (await client.get("/hello", headers=bearer(secret))).status_code == 200
         refused = await client.get("/hello", headers=bearer(secret))
         assert refused.status_code == 429 and refused.headers["retry-after"] == "1"
@@ -182,10 +184,10 @@ async def test_anchor_day_moves_the_reset(store, clock):
         assert usage["monthly_requests"] == 1
 
 
-async def test_legacy_tier_is_limited_as_current_and_reported_as_given(store, clock):
+async def test_legacy_tier_is_limited_as_current_and_reported_as_given(local_store, clock):
     """A 'professional' key is limited as scale and reported as 'professional'."""
-    _, secret = await new_key(store, clock, tier="Professional")
-    async with serve(starlette_app(store, clock, usage_path="/usage")) as client:
+    _, secret = await new_key(local_store, clock, tier="Professional")
+    async with serve(starlette_app(local_store, clock, usage_path="/usage")) as client:
         hello = await client.get("/hello", headers=bearer(secret))
         data = (await client.get("/usage", headers=bearer(secret))).json()["data"]
     assert hello.headers["x-ratelimit-limit"] == "60"
@@ -195,10 +197,10 @@ async def test_legacy_tier_is_limited_as_current_and_reported_as_given(store, cl
     assert data["usage"]["monthly_limit"] == 100_000
 
 
-async def test_per_key_overrides_take_precedence(store, clock):
+async def test_per_key_overrides_take_precedence(local_store, clock):
     """per_minute and monthly_limit overrides replace the tier's numbers."""
-    _, secret = await new_key(store, clock, tier="enterprise", per_minute=5, monthly_limit=7)
-    async with serve(starlette_app(store, clock, usage_path="/usage")) as client:
+    _, secret = await new_key(local_store, clock, tier="enterprise", per_minute=5, monthly_limit=7)
+    async with serve(starlette_app(local_store, clock, usage_path="/usage")) as client:
         await client.get("/hello", headers=bearer(secret))
         data = (await client.get("/usage", headers=bearer(secret))).json()["data"]
     assert data["rate_limits"]["requests_per_minute"] == 5
@@ -206,11 +208,11 @@ async def test_per_key_overrides_take_precedence(store, clock):
     assert data["usage"]["monthly_remaining"] == 6
 
 
-async def test_custom_tier_table(store, clock):
+async def test_custom_tier_table(local_store, clock):
     """Hosts replace the tier table; names are case-insensitive."""
     tiers = {"hobby": {"monthly_requests": 2, "per_minute": 100}}
-    _, secret = await new_key(store, clock, tier="HOBBY")
-    async with serve(starlette_app(store, clock, tiers=tiers)) as client:
+    _, secret = await new_key(local_store, clock, tier="HOBBY", tiers=tiers)
+    async with serve(starlette_app(local_store, clock, tiers=tiers)) as client:
         codes = [(await client.get("/hello", headers=bearer(secret))).status_code for _ in range(3)]
     assert codes == [200, 200, 429]
 
@@ -223,20 +225,20 @@ def test_unknown_tier_is_a_configuration_error():
         TierTable([Tier("a", 1, 1)], aliases={"b": "missing"})
 
 
-async def test_usage_endpoint_does_not_count(store, clock):
+async def test_usage_endpoint_does_not_count(local_store, clock):
     """Calls to the usage endpoint are not counted toward the monthly quota."""
-    _, secret = await new_key(store, clock, monthly_limit=3)
-    async with serve(starlette_app(store, clock, usage_path="/usage")) as client:
+    _, secret = await new_key(local_store, clock, monthly_limit=3)
+    async with serve(starlette_app(local_store, clock, usage_path="/usage")) as client:
         for _ in range(5):
             usage = await client.get("/usage", headers=bearer(secret))
         assert usage.json()["data"]["usage"]["monthly_requests"] == 0
         assert (await client.get("/hello", headers=bearer(secret))).status_code == 200
 
 
-async def test_every_admitted_request_counts_whatever_its_status(store, clock):
+async def test_every_admitted_request_counts_whatever_its_status(local_store, clock):
     """Admitted requests count whether the handler answers 200, 404 or 500."""
-    _, secret = await new_key(store, clock)
-    async with serve(starlette_app(store, clock, usage_path="/usage")) as client:
+    _, secret = await new_key(local_store, clock)
+    async with serve(starlette_app(local_store, clock, usage_path="/usage")) as client:
         await client.get("/hello", headers=bearer(secret))
         await client.get("/status/404", headers=bearer(secret))
         await client.get("/nowhere", headers=bearer(secret))
@@ -250,15 +252,15 @@ async def test_every_admitted_request_counts_whatever_its_status(store, clock):
 # -- exactness and persistence ----------------------------------------------------------
 
 
-async def test_exact_under_200_concurrent_requests(store, clock):
+async def test_exact_under_200_concurrent_requests(local_store, clock):
     """200 concurrent requests against a key with 50 left admit exactly 50."""
-    _, secret = await new_key(store, clock, monthly_limit=50, per_minute=10_000)
+    _, secret = await new_key(local_store, clock, monthly_limit=50, per_minute=10_000)
 
     async def slow(request: Request) -> PlainTextResponse:
         await asyncio.sleep(0.001)
         return PlainTextResponse("ok")
 
-    app = starlette_app(store, clock, routes=[Route("/slow", slow)], usage_path="/usage")
+    app = starlette_app(local_store, clock, routes=[Route("/slow", slow)], usage_path="/usage")
     async with serve(app) as client:
         answers = await asyncio.gather(
             *(client.get("/slow", headers=bearer(secret)) for _ in range(200))
@@ -275,9 +277,9 @@ async def test_two_processes_worth_of_counters_never_over_admit(tmp_path, clock)
     """Two QuotaCounters on two connections to one SQLite file grant exactly the limit."""
     url = f"sqlite:///{tmp_path}/shared.db"
     async with SQLiteStorage(url) as a, SQLiteStorage(url) as b:
-        counters = [QuotaCounter(a, clock=clock), QuotaCounter(b, clock=clock)]
+        counters = [QuotaCounter(a, defer=ignore), QuotaCounter(b, defer=ignore)]
         results = await asyncio.gather(
-            *(counters[i % 2].take("requests:k", "2026-02-01", 1, 50) for i in range(200))
+            *(counters[i % 2].take("requests:k", "2026-02-01", 1, 50, clock()) for i in range(200))
         )
         assert sum(results) == 50
         assert await a.counter("requests:k", "2026-02-01") == 50
@@ -302,39 +304,39 @@ async def test_counts_survive_a_restart(tmp_path, clock):
     assert refused.json()["error"]["code"] == "QUOTA_EXCEEDED"
 
 
-async def test_idle_leases_are_returned(store, clock):
+async def test_idle_leases_are_returned(local_store, clock):
     """Unused reserved units go back to the store after lease_idle seconds."""
-    counter = QuotaCounter(store, clock=clock, lease_idle=2)
-    assert await counter.take("requests:k", "p", 1, 1000)
-    assert await store.counter("requests:k", "p") > 1  # a block was reserved
+    counter = QuotaCounter(local_store, lease_idle=2, defer=ignore)
+    assert await counter.take("requests:k", "p", 1, 1000, clock())
+    assert await local_store.counter("requests:k", "p") > 1  # a block was reserved
     assert await counter.used("requests:k", "p") == 1
     clock.advance(3)
-    await counter.release_idle()
-    assert await store.counter("requests:k", "p") == 1
+    await counter.release_idle(clock())
+    assert await local_store.counter("requests:k", "p") == 1
 
 
-async def test_idle_leases_are_scanned_at_most_every_quarter_of_lease_idle(store, clock):
+async def test_idle_leases_are_scanned_at_most_every_quarter_of_lease_idle(local_store, clock):
     """The O(leases) scan runs at most every lease_idle / 4 s, so an idle lease goes back
     between lease_idle and 1.25 × lease_idle after its last use."""
-    counter = QuotaCounter(store, clock=clock, lease_idle=4)
-    assert await counter.take("requests:k", "p", 1, 1000)
+    counter = QuotaCounter(local_store, lease_idle=4, defer=ignore)
+    assert await counter.take("requests:k", "p", 1, 1000, clock())
     clock.advance(3.9)
-    await counter.release_idle()  # a scan: nothing idle yet; the next one at +4.9
+    await counter.release_idle(clock())  # a scan: nothing idle yet; the next one at +4.9
     clock.advance(0.6)  # idle for 4.5 s, but the scan is not due
-    await counter.release_idle()
-    assert await store.counter("requests:k", "p") > 1
+    await counter.release_idle(clock())
+    assert await local_store.counter("requests:k", "p") > 1
     clock.advance(0.4)  # 4.9 s: due
-    await counter.release_idle()
-    assert await store.counter("requests:k", "p") == 1
+    await counter.release_idle(clock())
+    assert await local_store.counter("requests:k", "p") == 1
 
 
 # -- headers ----------------------------------------------------------------------------
 
 
-async def test_headers_on_success_and_errors(store, clock):
+async def test_headers_on_success_and_errors(local_store, clock):
     """2xx and handler errors alike carry both header families."""
-    _, secret = await new_key(store, clock, tier="scale")
-    async with serve(starlette_app(store, clock)) as client:
+    _, secret = await new_key(local_store, clock, tier="scale")
+    async with serve(starlette_app(local_store, clock)) as client:
         for path in ("/hello", "/status/404", "/status/503"):
             response = await client.get(path, headers=bearer(secret))
             assert response.headers["x-ratelimit-limit"] == "60"
@@ -345,25 +347,25 @@ async def test_headers_on_success_and_errors(store, clock):
             assert '"month";r=' in response.headers["ratelimit"]
 
 
-async def test_header_families_are_configurable(store, clock):
+async def test_header_families_are_configurable(local_store, clock):
     """rate_limit_headers chooses which header families are sent."""
-    _, secret = await new_key(store, clock)
-    async with serve(starlette_app(store, clock, rate_limit_headers=["ietf"])) as client:
+    _, secret = await new_key(local_store, clock)
+    async with serve(starlette_app(local_store, clock, rate_limit_headers=["ietf"])) as client:
         only_ietf = await client.get("/hello", headers=bearer(secret))
-    async with serve(starlette_app(store, clock, rate_limit_headers=[])) as client:
+    async with serve(starlette_app(local_store, clock, rate_limit_headers=[])) as client:
         none = await client.get("/hello", headers=bearer(secret))
     assert "ratelimit" in only_ietf.headers and "x-ratelimit-limit" not in only_ietf.headers
     assert not any("ratelimit" in h for h in none.headers)
 
 
-async def test_headers_set_by_the_handler_are_not_duplicated(store, clock):
+async def test_headers_set_by_the_handler_are_not_duplicated(local_store, clock):
     """A handler's own X-RateLimit-* / RateLimit headers win and are not doubled."""
 
     async def own(request: Request) -> PlainTextResponse:
         return PlainTextResponse("x", headers={"X-RateLimit-Limit": "7", "RateLimit": "mine"})
 
-    _, secret = await new_key(store, clock)
-    async with serve(starlette_app(store, clock, routes=[Route("/own", own)])) as client:
+    _, secret = await new_key(local_store, clock)
+    async with serve(starlette_app(local_store, clock, routes=[Route("/own", own)])) as client:
         response = await client.get("/own", headers=bearer(secret))
     assert response.headers.get_list("x-ratelimit-limit") == ["7"]
     assert "x-ratelimit-remaining" not in response.headers
@@ -377,22 +379,24 @@ def test_reset_instant_is_first_instant_of_next_month():
     assert iso(period.end) == "2026-03-01T00:00:00.000Z"
 
 
-async def test_idle_lease_scan_survives_a_clock_set_back(store, clock):
+async def test_idle_lease_scan_survives_a_clock_set_back(local_store, clock):
     """After the clock is set back, the next release_idle scans instead of waiting."""
-    counter = QuotaCounter(store, clock=clock, lease_idle=4)
-    await counter.release_idle()  # a scan; the next one due 1 s later
+    counter = QuotaCounter(local_store, lease_idle=4, defer=ignore)
+    await counter.release_idle(clock())  # a scan; the next one due 1 s later
     clock.advance(-3600)
-    assert await counter.take("requests:k", "p", 1, 1000)
+    assert await counter.take("requests:k", "p", 1, 1000, clock())
     clock.advance(5)  # idle for 5 s, an hour before the last scan's time
-    await counter.release_idle()
-    assert await store.counter("requests:k", "p") == 1
+    await counter.release_idle(clock())
+    assert await local_store.counter("requests:k", "p") == 1
 
 
-async def test_refill_locks_live_only_while_a_refill_is_under_way(store, clock):
+async def test_refill_locks_live_only_while_a_refill_is_under_way(local_store, clock):
     """Concurrent refills of one counter are serialised (exactly the limit is granted),
     and no per-counter lock is kept once they are done."""
-    counter = QuotaCounter(store, clock=clock)
-    results = await asyncio.gather(*(counter.take("requests:k", "p", 1, 20) for _ in range(50)))
+    counter = QuotaCounter(local_store, defer=ignore)
+    results = await asyncio.gather(
+        *(counter.take("requests:k", "p", 1, 20, clock()) for _ in range(50))
+    )
     assert results.count(True) == 20
-    assert await store.counter("requests:k", "p") == 20
+    assert await local_store.counter("requests:k", "p") == 20
     assert counter._refills == {}

@@ -12,8 +12,9 @@ from fastapi import FastAPI
 from starlette.applications import Starlette
 
 from meterware import DEFAULT_EXEMPT_PATHS, MeterwareMiddleware, cost
+from meterware.config import Settings
 from meterware.openapi import document_openapi
-from tests.utils import ROUTES, FakeClock, bearer, middleware_of, new_key
+from tests.utils import ROUTES, FakeClock, bearer, new_key, runtime_of
 
 USAGE = "/api/v1/usage"
 SCHEMES = [{"X-API-Key": []}, {"BearerAuth": []}]
@@ -61,12 +62,11 @@ def document(app: Any, usage_format: str = "credits", **overrides: Any) -> bool:
     options: dict[str, Any] = {
         "usage_path": USAGE,
         "usage_format": usage_format,
-        "envelope": "flat" if usage_format == "credits" else "wrapped",
         "exempt_paths": DEFAULT_EXEMPT_PATHS,
         "key_headers": ("x-api-key",),
         "bearer": True,
     }
-    return document_openapi(app, **{**options, **overrides})
+    return document_openapi(app, Settings.resolve(**{**options, **overrides}))
 
 
 def resolve(doc: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
@@ -383,7 +383,7 @@ async def test_served_responses_match_documented_schemas(usage_format: str) -> N
     doc = app.openapi()
     error = doc["components"]["schemas"]["MeterwareError"]
     async with LifespanManager(app) as manager, client_for(manager) as client:
-        runtime = middleware_of(app)
+        runtime = runtime_of(app)
         _, secret = await new_key(runtime.store, FakeClock(), tier="pro")
         _, site_secret = await new_key(
             runtime.store, FakeClock(), permission="site_access", website_id="site_1"

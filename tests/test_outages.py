@@ -19,11 +19,11 @@ import httpx
 import pytest
 
 from meterware.clock import month_period
-from meterware.limits import requests_counter
+from meterware.quota import requests_counter
 from meterware.storage import Storage, storage_from_url
-from tests.conftest import unavailable
+from tests.backends import unavailable
 from tests.servers import PG_BIN, PostgresServer, RedisServer
-from tests.utils import bearer, middleware_of, new_key, serve, starlette_app
+from tests.utils import bearer, new_key, runtime_of, serve, starlette_app
 
 pytestmark = pytest.mark.slow
 
@@ -142,7 +142,7 @@ async def test_postgres_outage_refuses_what_needs_storage_and_loses_no_usage(
         return answer
 
     async with serve(app) as client:
-        mw = middleware_of(app)
+        mw = runtime_of(app)
         for _ in range(3):
             assert (await tally("warm", warm_secret)).status_code == 200
             assert (await tally("small", small_secret)).status_code == 200
@@ -199,7 +199,7 @@ async def test_idle_quota_returned_during_an_outage_is_not_lost(
     key, secret = await new_key(store, clock, tier="enterprise")  # a block of 1000 units
     app = starlette_app(store, clock, lease_idle=0.3, flush_interval=0.1)
     async with serve(app) as client:
-        mw = middleware_of(app)
+        mw = runtime_of(app)
         for _ in range(3):
             assert (await call(client, secret)).status_code == 200
         await asyncio.to_thread(pg.stop)
@@ -228,7 +228,7 @@ async def test_fail_open_admits_everything_it_can_while_postgres_is_down(
     app = starlette_app(store, clock, fail_open=True, rate_limit_storage=redis_server.limits_url)
     caplog.set_level(logging.WARNING, logger="meterware")
     async with serve(app) as client:
-        mw = middleware_of(app)
+        mw = runtime_of(app)
         warm = [code(await call(client, s)) for s in (small, credits)]
         await asyncio.to_thread(pg.stop)
         during = [code(await call(client, s)) for s in (small, credits) * 5]

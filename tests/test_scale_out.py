@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.conftest import PostgresBackend, require_postgres, require_redis
+from tests.backends import PostgresBackend, require_postgres, require_redis
 from tests.servers import Uvicorn
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]

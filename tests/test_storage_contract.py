@@ -29,7 +29,7 @@ from meterware.storage import (
 from meterware.storage.base import SCHEMA_VERSION
 from meterware.storage.memory import MemoryStorage
 from meterware.storage.sqlite import SQLiteStorage
-from tests.conftest import Backend
+from tests.backends import Backend
 
 NOW = 1_776_000_000.0  # 2026-04-12, in epoch seconds
 DAY = "2026-04-12"

@@ -14,8 +14,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from meterware import MeterwareMiddleware, SecretHasher, Storage, cost, get_caller
-from meterware.keys import ApiKey, create_key
+from meterware import Admin, MeterwareMiddleware, Storage, cost, get_caller
+from meterware.keys import ApiKey
+from meterware.runtime import Runtime
 
 
 class FakeClock:
@@ -39,11 +40,14 @@ def at(iso: str) -> float:
     return datetime.fromisoformat(iso).replace(tzinfo=timezone.utc).timestamp()
 
 
-async def new_key(store: Storage, clock: FakeClock, **fields: Any) -> tuple[ApiKey, str]:
-    """Create a key in `store` (account `acct_1` unless given) and return it with its secret."""
+async def new_key(
+    store: Storage, clock: FakeClock, *, tiers: Any = None, **fields: Any
+) -> tuple[ApiKey, str]:
+    """Create a key in `store` (account `acct_1` unless given) and return it with its secret;
+    `tiers` is the table its tier is checked against (the default one unless given)."""
     fields.setdefault("name", "Production Key")
     fields.setdefault("account_id", "acct_1")
-    return await create_key(store, SecretHasher(), now=clock(), **fields)
+    return await Admin(store, clock=clock, tiers=tiers).create_key(**fields)
 
 
 async def hello(request: Request) -> PlainTextResponse:
@@ -92,13 +96,14 @@ def starlette_app(
     return app
 
 
-def middleware_of(app: Any) -> MeterwareMiddleware:
-    """The MeterwareMiddleware instance inside a built Starlette/FastAPI app."""
+def runtime_of(app: Any) -> Runtime:
+    """The runtime of the MeterwareMiddleware inside a built Starlette/FastAPI app: the
+    one way tests reach meterware's internals (its ledger, quota, key cache)."""
     node = app.middleware_stack
     while node is not None and not isinstance(node, MeterwareMiddleware):
         node = getattr(node, "app", None)
     assert node is not None, "the app has not handled a request yet"
-    return node
+    return node.runtime
 
 
 @contextlib.asynccontextmanager
