@@ -26,6 +26,7 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 
 from meterware import MeterwareMiddleware, Storage, cost
+from meterware.runtime import Runtime
 
 PATH = "/bench"
 TIER = "bench"
@@ -91,14 +92,14 @@ def meterware_app(
     )
 
 
-def middleware_of(app: Any) -> MeterwareMiddleware:
-    """The MeterwareMiddleware inside a Starlette app that has served its lifespan."""
+def runtime_of(app: Any) -> Runtime:
+    """The runtime of the MeterwareMiddleware inside an app that has served its lifespan."""
     node = getattr(app, "middleware_stack", None)
     while node is not None and not isinstance(node, MeterwareMiddleware):
         node = getattr(node, "app", None)
     if node is None:
         raise LookupError("no MeterwareMiddleware in this app (has it started?)")
-    return node
+    return node.runtime
 
 
 # -- uvicorn --factory entry points (bench/http.py) ------------------------------------

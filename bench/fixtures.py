@@ -24,9 +24,8 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from bench.apps import PEPPER, TIER
-from meterware import SecretHasher, Storage, storage_from_url
-from meterware.keys import create_key
+from bench.apps import PEPPER, TIER, TIERS
+from meterware import Admin, SecretHasher, Storage, storage_from_url
 
 PG_URL = os.environ.get("BENCH_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("BENCH_REDIS", "async+redis://127.0.0.1:6379")
@@ -75,13 +74,12 @@ def redis_problem(url: str = REDIS_URL) -> str | None:
 
 async def add_keys(store: Storage, count: int, *, concurrency: int = 1) -> list[str]:
     """Create `count` keys (each with its own account); their secrets."""
-    now = time.time()
+    admin = Admin(store, pepper=PEPPER, tiers=TIERS)
 
     async def one(i: int) -> str:
-        _, secret = await create_key(
-            store, HASHER, name=f"bench key {i}", now=now, tier=TIER,
-            account_id=f"acct_bench_{i}_{secrets.token_hex(3)}",
-        )  # fmt: skip
+        _, secret = await admin.create_key(
+            name=f"bench key {i}", tier=TIER, account_id=f"acct_bench_{i}_{secrets.token_hex(3)}"
+        )
         return secret
 
     made: list[str] = []

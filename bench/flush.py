@@ -16,10 +16,11 @@ import statistics
 import time
 from typing import Any
 
-from bench.fixtures import HASHER, Stores, say
+from bench.fixtures import Stores, say
 from meterware import Storage, storage_from_url
 from meterware.keys import ApiKey
-from meterware.metering import Cost, Meter
+from meterware.ledger import Meter
+from meterware.metering import Cost
 from meterware.storage import Rollup, UsageBatch
 
 KEYS = 100
@@ -28,14 +29,11 @@ COSTS = (Cost(1, "lookup", "Lookup"), Cost(5, "summarize", "Summarize"), Cost(30
 
 
 async def _keys(store: Storage) -> list[ApiKey]:
-    from bench.apps import TIER
-    from meterware.keys import create_key
+    from bench.apps import PEPPER, TIER, TIERS
+    from meterware import Admin
 
-    now = time.time()
-    return [
-        (await create_key(store, HASHER, name=f"flush {i}", now=now, tier=TIER))[0]
-        for i in range(KEYS)
-    ]
+    admin = Admin(store, pepper=PEPPER, tiers=TIERS)
+    return [(await admin.create_key(name=f"flush {i}", tier=TIER))[0] for i in range(KEYS)]
 
 
 async def _measure(store: Storage, batches: int, warmup: int) -> dict[str, Any]:

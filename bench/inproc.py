@@ -114,7 +114,7 @@ class Driver:
         self.refused = 0
         self.statuses: dict[int, int] = {}
         try:  # once the app has started: its middleware stack is built
-            self.meter: Any = apps.middleware_of(app).meter
+            self.meter: Any = apps.runtime_of(app).meter
         except LookupError:
             self.meter = None
 
@@ -337,7 +337,7 @@ async def measure_memory(count: int) -> dict[str, Any]:
         say(f"memory: {count} keys in memory:// ({time.perf_counter() - started:.1f} s)")
         app = apps.meterware_app(store, lease_idle=3600)
         async with Lifespan(app):
-            mw = apps.middleware_of(app)
+            mw = apps.runtime_of(app)
             await Driver(app, apps.PATH, secrets[:1]).run(10)  # route cache, period, ...
             await mw.meter.flush()
             driver = Driver(app, apps.PATH, secrets)
@@ -355,7 +355,7 @@ async def measure_memory(count: int) -> dict[str, Any]:
                 tracemalloc.stop()
                 _attribute(result, after.compare_to(before, "lineno"), count)
                 result.update(
-                    cached_keys=len(mw.key_cache or ()),
+                    cached_keys=len(mw.keys or ()),
                     minute_windows=len(mw.windows),
                     quota_leases=len(mw.quota),
                 )

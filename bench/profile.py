@@ -82,7 +82,7 @@ async def profile(a: argparse.Namespace) -> tuple[Any, dict[str, float], Any, li
             profiler.stop()
             elapsed = time.perf_counter() - started
             stats = {"requests": count, "us_per_request": elapsed / count * 1e6}
-            mw = apps.middleware_of(app)
+            mw = apps.runtime_of(app)
             parts = await micro(mw, secrets[0])
     finally:
         await stores.close()
@@ -121,66 +121,65 @@ async def micro(mw: Any, secret: str) -> list[str]:
         except Exception as exc:  # the internals changed: say so, do not fail
             out.append(f"{'n/a':>9}     {name} ({type(exc).__name__}: {exc})")
 
-    caller = _sync(mw.resolve(secret))
-    plan = mw._plan_of(caller)
+    rt = mw  # the app's Runtime
+    caller = _sync(rt.keys.resolve(secret, now))
+    plan = rt.plan(caller)
     limits = plan.limits
-    period = mw.periods.get(now, limits.anchor_day)
-    minute = (
-        mw.windows.hit_now(plan.minute_subject, limits.per_minute, now)
-        if mw.windows.local
-        else None
-    )
-    route = mw.costs.lookup(scope)
+    period = plan.period_at(now)
+    minute = _sync(rt.windows.hit(plan.minute_subject, limits.per_minute, now))
+    route = rt.costs.lookup(scope)
 
-    t("KeyExtractor: the secret from the headers", lambda: lambda: mw.extract(headers))
+    t("KeyExtractor: the secret from the headers", lambda: lambda: rt.extract(headers))
     t(
-        "StoreResolver.cached: a cached key (salted SHA-256 + dict)",
-        lambda: lambda: mw.key_cache.cached(secret, now),
+        "KeyCache.resolve: a cached key (salted SHA-256 + dict)",
+        lambda: lambda: _sync(rt.keys.resolve(secret, now)),
     )
     t(
         "SecretHasher.hash (HMAC-SHA-256, only on a cache miss)",
-        lambda: lambda: mw.hasher.hash(secret),
+        lambda: lambda: rt.hasher.hash(secret),
     )
-    t("the caller's plan (one dict lookup)", lambda: lambda: mw._plans.get(id(caller)))
-    t("RouteCosts.lookup (cached per path)", lambda: lambda: mw.costs.lookup(scope))
-    if mw.windows.local:
-        t(
-            "LocalWindows.hit_now (a new MinuteResult)",
-            lambda: lambda: mw.windows.hit_now(plan.minute_subject, limits.per_minute, now),
-        )
+    t("Runtime.plan (one dict lookup)", lambda: lambda: rt.plan(caller))
+    t("RouteCosts.lookup (cached per path)", lambda: lambda: rt.costs.lookup(scope))
+    t(
+        "windows.hit (a new MinuteResult)",
+        lambda: lambda: _sync(rt.windows.hit(plan.minute_subject, limits.per_minute, now)),
+    )
 
     def take() -> Callable[[], Any]:
         def go() -> None:
-            if not mw.quota.take_now(plan.requests, period.id, 1, limits.monthly_requests, now):
+            if not _sync(rt.quota.take(plan.requests, period.id, 1, limits.monthly_requests, now)):
                 raise RuntimeError("no units at hand")
-            mw.quota.give_back(plan.requests, period.id, 1, limits.monthly_requests)
+            rt.quota.give_back(plan.requests, period.id, 1, limits.monthly_requests)
 
         return go
 
-    t("QuotaCounter.take_now + give_back (lease hit)", take)
-    t("_headers: the rate-limit headers", lambda: lambda: mw._headers(plan, minute, now, period))
+    t("QuotaCounter.take + give_back (lease hit)", take)
+    t(
+        "Admission.headers: the rate-limit headers",
+        lambda: lambda: rt.admission.headers(plan, minute, now),
+    )
 
     def merge() -> Callable[[], Any]:
-        from meterware.middleware import _merge_headers
+        from meterware.responses import merge_headers
 
-        extra = mw._headers(plan, minute, now, period)
+        extra = rt.admission.headers(plan, minute, now)
         app_headers = [(b"content-length", b"5"), (b"content-type", b"text/plain; charset=utf-8")]
-        return lambda: _merge_headers(app_headers, extra)
+        return lambda: merge_headers(app_headers, extra)
 
-    t("_merge_headers into the response's", merge)
+    t("merge_headers into the response's", merge)
 
     def call() -> Callable[[], Any]:
-        from meterware.metering import Call
+        from meterware.runtime import Call
 
-        return lambda: Call(caller, mw)
+        return lambda: Call(caller, rt)
 
     t("Call(caller, runtime) per request", call)
-    t("Meter.admitted", lambda: lambda: mw.meter.admitted(caller.key_id, now))
+    t("Meter.admitted", lambda: lambda: rt.meter.admitted(caller.key_id, now))
     if route.cost.credits:
         t(
             "Meter.charge",
             lambda: (
-                lambda: mw.meter.charge(
+                lambda: rt.meter.charge(
                     caller.account_id, caller.key_id, route.cost, route.cost.credits, now
                 )
             ),

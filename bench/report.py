@@ -20,11 +20,10 @@ from datetime import timedelta
 from typing import Any
 
 from bench import apps
-from bench.fixtures import HASHER, Stores, say
+from bench.fixtures import Stores, say
 from bench.inproc import Lifespan, _receive, scope_for
-from meterware import storage_from_url
+from meterware import Admin, storage_from_url
 from meterware.clock import day_of
-from meterware.keys import create_key
 from meterware.storage import KeyActivity, Rollup, UsageBatch
 
 CALLS = 1_000_000
@@ -54,7 +53,8 @@ async def _fill(url: str, now: float) -> str:
     store = storage_from_url(url)
     async with store:
         labels = {action: label for action, label, _ in ACTIONS}
-        key, secret = await create_key(store, HASHER, name="heavy", now=now, tier=apps.TIER)
+        admin = Admin(store, pepper=apps.PEPPER, tiers=apps.TIERS, clock=lambda: now)
+        key, secret = await admin.create_key(name="heavy", tier=apps.TIER)
         rows = _rollups(key.account_id, key.id, CALLS, now)
         for start in range(0, len(rows), 100):
             await store.record(UsageBatch(rollups=rows[start : start + 100], labels=labels))
@@ -62,9 +62,7 @@ async def _fill(url: str, now: float) -> str:
         noise: list[Rollup] = []
         for i in range(NOISE_KEYS):
             account = key.account_id if i < 10 else None
-            other, _ = await create_key(
-                store, HASHER, name=f"noise {i}", now=now, tier=apps.TIER, account_id=account
-            )
+            other, _ = await admin.create_key(name=f"noise {i}", tier=apps.TIER, account_id=account)
             noise += _rollups(other.account_id, other.id, 10_000 + i, now)
         for start in range(0, len(noise), 1000):
             await store.record(UsageBatch(rollups=noise[start : start + 1000]))
