@@ -15,10 +15,8 @@ from typing import Any
 
 import pytest
 
-from meterware.clock import month_period
 from meterware.keys import SecretHasher
-from meterware.quota import requests_counter
-from meterware.storage import storage_from_url
+from meterware.storage import Rollup, UsageBatch, storage_from_url
 from meterware.tiers import DEFAULT_TIERS, LEGACY_TIERS
 
 PEPPER = "cli-test-pepper"
@@ -202,7 +200,9 @@ async def test_show_reads_the_stored_counters_and_overrides(cli: Cli) -> None:
     """Show reports the month's count from the store against the key's own limit."""
     made = cli.json("keys", "create", "--name", "busy", "--monthly-limit", "50")
     async with storage_from_url(cli.url) as store:
-        await store.add(requests_counter(made["id"]), month_period(time.time()).id, 7)
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        rollup = Rollup(made["account"], made["id"], "search", today, 0, 0, 7, time.time())
+        await store.record(UsageBatch(rollups=[rollup]))
     quota = cli.json("keys", "show", made["id"])["quota"]
     assert (quota["monthly_requests"], quota["monthly_limit"], quota["monthly_remaining"]) == (
         7, 50, 43,

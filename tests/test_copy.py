@@ -17,7 +17,7 @@ import pytest
 
 from meterware import Admin
 from meterware.keys import SecretHasher
-from meterware.storage import KeyActivity, Rollup, Storage, UsageBatch, storage_from_url
+from meterware.storage import Claim, Rollup, Storage, UsageBatch, storage_from_url
 from meterware.storage.memory import MemoryStorage
 from meterware.storage.sqlite import SQLiteStorage
 from meterware.storage.transfer import TransferError, copy, copy_urls, export
@@ -99,20 +99,22 @@ async def fill(store: Storage) -> Deployment:
     assert third is not None
     d.secrets["rotated"] = third
 
-    # Older history: other days, an account-level rollup, a counter of another period.
+    # Older history: other days, an account-level rollup, requests that cost nothing, an
+    # account's counter and credits counted past their limit.
     await store.record(
         UsageBatch(
             rollups=[
-                Rollup("acct_a", rotated, "code_export", "2026-01-03", 7, 105),
+                Rollup("acct_a", rotated, "code_export", "2026-01-03", 7, 105, 7, now - 86400 * 9),
                 Rollup("acct_a", site, "figma_export", "2026-01-04", 2, 20),
                 Rollup("acct_b", "", "image_to_html", "2026-01-05", 3, 90),
+                Rollup("acct_a", site, "upload", "2026-01-06", 0, 0, 2, now - 86400 * 40),
             ],
-            activity=[KeyActivity(site, 2, now - 86400 * 40)],
             labels={"code_export": "Export Code", "figma_export": "Figma Export"},
-            counters=[(f"requests:{rotated}", "2026-01", 9)],
         )
     )
-    await store.add(f"credits:{site}", "2026-01-15", 20)
+    far = now + 86400 * 20
+    await store.reserve([Claim("month:@acct_b", 9, 2**62, far)], now)
+    await store.reserve([Claim(f"credits:{site}", 20, 2**62, far)], now)
     return d
 
 
@@ -132,8 +134,9 @@ async def assert_same(source: Storage, dest: Storage, d: Deployment) -> None:
     assert await dest.labels() == await source.labels()
     snapshot = await export(source)
     assert snapshot.counters  # the traffic reserved quota
-    for (subject, period), count in snapshot.counters.items():
-        assert await dest.counter(subject, period) == count, (subject, period)
+    for counter, (end, count) in snapshot.counters.items():
+        assert end > now, counter  # every window of the deployment is live
+        assert await dest.counter(counter, now) == count, counter
     for key in await source.list_keys():
         assert await dest.key_totals(key.id) == await source.key_totals(key.id)
         first, last = FAR_DAYS
@@ -160,7 +163,7 @@ async def test_sqlite_deployment_copied_into_postgres(tmp_path: Path, postgres: 
     assert (report.accounts, report.keys, report.secrets) == (2, 4, 6)
     assert (report.current_secrets, report.retiring_secrets, report.expired_secrets) == (4, 1, 1)
     assert report.calls == 4 + 5 + 1 + 7 + 2 + 3 and report.labels == 3  # /image costs 30
-    assert report.requests == 4 + 2 + 3 + 5 + 1 + 2
+    assert report.requests == 4 + 2 + 3 + 5 + 1 + 7 + 2  # traffic, then older history
     async with SQLiteStorage(source_url) as source, postgres.new() as dest:
         await assert_same(source, dest, d)
         summary = (await dest.usage(account_id="acct_a", key_id=None, first_day="2026-01-01",
@@ -236,18 +239,20 @@ async def test_merge_adds_keys_and_sums_usage():
         )
         await store.record(
             UsageBatch(
-                rollups=[Rollup("acct_a", "", "image_to_html", "2026-01-05", 3, 90)],
-                activity=[KeyActivity(key.id, 3, now)],
+                rollups=[
+                    Rollup("acct_a", "", "image_to_html", "2026-01-05", 3, 90),
+                    Rollup("acct_a", key.id, "lookup", "2026-01-05", 0, 0, 3, now),
+                ],
                 labels={"image_to_html": label},
-                counters=[("requests:acct_a", "2026-01", 3)],
             )
         )
+        await store.reserve([Claim("month:@acct_a", 3, 2**62, now + 86400)], now)
     await copy(one, dest, now=now)
     report = await copy(two, dest, merge=True, now=now)
 
     assert report.merged and report.keys == 1
     assert len(await dest.list_keys("acct_a")) == 2
-    assert await dest.counter("requests:acct_a", "2026-01") == 6
+    assert await dest.counter("month:@acct_a", now) == 6
     rows = await dest.usage(account_id="acct_a", key_id="", first_day="2026-01-01",
                             last_day="2026-12-31")  # fmt: skip
     assert [(r.calls, r.credits) for r in rows] == [(6, 180)]

@@ -12,12 +12,12 @@ from starlette.responses import PlainTextResponse
 from starlette.routing import Mount, Route
 
 from meterware import MeterwareMiddleware, StorageError
+from meterware.leases import Leases, Want
 from meterware.ledger import Meter
 from meterware.metering import Cost
-from meterware.quota import QuotaCounter
 from meterware.storage.memory import MemoryStorage
 from meterware.storage.sqlite import SQLiteStorage
-from tests.utils import FakeClock, bearer, new_key, serve, starlette_app
+from tests.utils import at, bearer, new_key, serve, starlette_app
 
 
 async def test_raw_asgi_app_gets_a_graceful_shutdown(tmp_path, clock):
@@ -44,32 +44,26 @@ async def test_raw_asgi_app_gets_a_graceful_shutdown(tmp_path, clock):
                                  last_day="2026-04-12")  # fmt: skip
         assert [(r.action, r.calls, r.credits) for r in rows] == [("default", 3, 3)]
         assert (await store.key_totals(key.id)).requests == 3
-        assert await store.counter(f"requests:{key.id}", "2026-04-01") == 3  # blocks returned
+        assert await store.counter(f"month:{key.id}", clock()) == 3  # blocks returned
 
 
 async def test_month_rollover_never_over_admits():
-    """Units of the old month's block cannot be taken while they are being returned."""
+    """Units of the old month's block are never handed out in the new month: the first
+    request of April opens April's window, and March's units end with March."""
     store = MemoryStorage()
     await store.open()
-    clock = FakeClock()
-    counter = QuotaCounter(store, defer=lambda *args: None)
-    assert await counter.take("requests:k", "2026-03-01", 1, 10_000, clock())
-    assert counter.unused("requests:k", "2026-03-01") > 0
-    gate = asyncio.Event()
-    real_release = store.release
-
-    async def slow_release(*args):
-        await gate.wait()
-        await real_release(*args)
-
-    store.release = slow_release  # type: ignore[method-assign]
-    rollover = asyncio.create_task(counter.take("requests:k", "2026-04-01", 1, 10_000, clock()))
-    await asyncio.sleep(0)
-    # a request whose clock still read March: its units are gone from reach
-    assert counter.unused("requests:k", "2026-03-01") == 0
-    gate.set()
-    assert await rollover
-    assert await store.counter("requests:k", "2026-03-01") == 1
+    leases = Leases(store)
+    march_end, april_end = at("2026-04-01T00:00:00"), at("2026-05-01T00:00:00")
+    march = Want("month:k", 1, 10_000, march_end, 1 / 100, 60.0)
+    assert await leases.take(march, march_end - 1)
+    lease = leases.get("month:k")
+    assert lease is not None and lease.free > 0
+    april = Want("month:k", 1, 10_000, april_end, 1 / 100, 60.0)
+    assert await leases.take(april, march_end)
+    lease = leases.get("month:k")
+    assert lease is not None and lease.end == april_end
+    assert lease.count - lease.free == 1
+    assert await store.counter("month:k", march_end) == lease.count
 
 
 async def test_cancelled_flush_keeps_the_usage():
@@ -84,8 +78,10 @@ async def test_cancelled_flush_keeps_the_usage():
         await asyncio.sleep(10)
 
     store.record = slow_record  # type: ignore[method-assign]
-    meter.admitted("k1", 1.0)
-    meter.charge("a", "k1", Cost(30, "image_to_html", "Image → HTML"), 30, 1.0)
+    image = Cost(30, "image_to_html", "Image → HTML")
+    meter.admitted("a", "k1", image, 1.0)
+    meter.charge("a", "k1", image, 30, 1.0)
+    meter.admitted("a", "k2", Cost(0, "upload", "Upload"), 1.0)
     task = asyncio.create_task(meter.flush())
     await started.wait()
     task.cancel()
@@ -101,10 +97,10 @@ async def test_credits_outage_does_not_cost_a_monthly_request(clock):
     _, secret = await new_key(store, clock, monthly_limit=50, monthly_credits=1000)
     real_reserve = store.reserve
 
-    async def reserve(subject, period, want, limit):
-        if subject.startswith("credits:"):
+    async def reserve(claims, now):
+        if any(claim.counter.startswith("credits:") for claim in claims):
             raise StorageError("credits store down")
-        return await real_reserve(subject, period, want, limit)
+        return await real_reserve(claims, now)
 
     store.reserve = reserve  # type: ignore[method-assign]
     async with serve(starlette_app(store, clock, usage_path="/u")) as client:

@@ -13,7 +13,6 @@ from starlette.routing import Route
 
 from meterware import ConfigurationError, Tier, TierTable
 from meterware.clock import isoformat_ms, month_period
-from meterware.quota import QuotaCounter
 from meterware.storage.memory import MemoryStorage
 from meterware.storage.sqlite import SQLiteStorage
 from tests.utils import FakeClock, at, bearer, new_key, serve, starlette_app
@@ -33,10 +32,6 @@ async def local_store(request, tmp_path):
     await store.open()
     yield store
     await store.close()
-
-
-def ignore(counter: str, period: str, amount: int) -> None:
-    """No write-behind counting (the limits here are all finite)."""
 
 
 def iso(ts: float) -> str:
@@ -108,14 +103,43 @@ async def test_retry_after_is_never_too_early(local_store, clock):
 
 
 async def test_rate_limit_by_account(local_store, clock):
-    """rate_limit_by='account' shares one window among an account's keys."""
-    _, one = await new_key(local_store, clock, per_minute=2)
-    _, two = await new_key(local_store, clock, per_minute=2, name="second")
-    async with serve(starlette_app(local_store, clock, rate_limit_by="account")) as client:
+    """rate_limit_by='account' (deprecated, with a warning) still shares one window among
+    an account's keys, and only that: each key keeps its own monthly quota."""
+    _, one = await new_key(local_store, clock, per_minute=2, monthly_limit=5)
+    _, two = await new_key(local_store, clock, per_minute=2, monthly_limit=5, name="second")
+    with pytest.warns(DeprecationWarning, match="limit_by"):
+        app = starlette_app(local_store, clock, rate_limit_by="account", usage_path="/usage")
+    async with serve(app) as client:
         codes = [
             (await client.get("/hello", headers=bearer(s))).status_code for s in (one, two, one)
         ]
+        clock.advance(60)
+        usage = (await client.get("/usage", headers=bearer(one))).json()["data"]["usage"]
     assert codes == [200, 200, 429]
+    assert usage["monthly_requests"] == 1  # the key's own, not the account's 2
+
+
+async def test_limit_by_account_shares_every_limit(local_store, clock):
+    """limit_by='account': an account's keys share the minute window, the monthly quota
+    and the monthly credits, and both report the account's numbers."""
+    _, one = await new_key(local_store, clock, per_minute=3, monthly_limit=4)
+    _, two = await new_key(local_store, clock, per_minute=3, monthly_limit=4, name="second")
+    app = starlette_app(local_store, clock, limit_by="account", usage_path="/usage")
+    async with serve(app) as client:
+        minute = [(await client.get("/hello", headers=bearer(s))).status_code
+                  for s in (one, two, one, two)]  # fmt: skip
+        clock.advance(60)
+        month = [(await client.get("/hello", headers=bearer(s))).status_code for s in (two, one)]
+        clock.advance(60)
+        usage = [
+            (await client.get("/usage", headers=bearer(s))).json()["data"]["usage"]
+            for s in (one, two)
+        ]
+    assert minute == [200, 200, 200, 429]
+    assert month == [200, 429]  # 3 + 1 = the account's 4
+    assert [u["monthly_requests"] for u in usage] == [4, 4]
+    assert [u["monthly_remaining"] for u in usage] == [0, 0]
+    assert [u["total_requests"] for u in usage] == [2, 2]  # each key's own lifetime
 
 
 async def test_rate_limited_requests_do_not_count_toward_the_month(local_store, clock):
@@ -273,18 +297,6 @@ async def test_exact_under_200_concurrent_requests(local_store, clock):
     assert usage["monthly_remaining"] == 0
 
 
-async def test_two_processes_worth_of_counters_never_over_admit(tmp_path, clock):
-    """Two QuotaCounters on two connections to one SQLite file grant exactly the limit."""
-    url = f"sqlite:///{tmp_path}/shared.db"
-    async with SQLiteStorage(url) as a, SQLiteStorage(url) as b:
-        counters = [QuotaCounter(a, defer=ignore), QuotaCounter(b, defer=ignore)]
-        results = await asyncio.gather(
-            *(counters[i % 2].take("requests:k", "2026-02-01", 1, 50, clock()) for i in range(200))
-        )
-        assert sum(results) == 50
-        assert await a.counter("requests:k", "2026-02-01") == 50
-
-
 async def test_counts_survive_a_restart(tmp_path, clock):
     """On SQLite, a monthly count survives stopping and starting the app."""
     url = f"sqlite:///{tmp_path}/restart.db"
@@ -302,32 +314,6 @@ async def test_counts_survive_a_restart(tmp_path, clock):
         refused = await client.get("/hello", headers=bearer(secret))
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "QUOTA_EXCEEDED"
-
-
-async def test_idle_leases_are_returned(local_store, clock):
-    """Unused reserved units go back to the store after lease_idle seconds."""
-    counter = QuotaCounter(local_store, lease_idle=2, defer=ignore)
-    assert await counter.take("requests:k", "p", 1, 1000, clock())
-    assert await local_store.counter("requests:k", "p") > 1  # a block was reserved
-    assert await counter.used("requests:k", "p") == 1
-    clock.advance(3)
-    await counter.release_idle(clock())
-    assert await local_store.counter("requests:k", "p") == 1
-
-
-async def test_idle_leases_are_scanned_at_most_every_quarter_of_lease_idle(local_store, clock):
-    """The O(leases) scan runs at most every lease_idle / 4 s, so an idle lease goes back
-    between lease_idle and 1.25 × lease_idle after its last use."""
-    counter = QuotaCounter(local_store, lease_idle=4, defer=ignore)
-    assert await counter.take("requests:k", "p", 1, 1000, clock())
-    clock.advance(3.9)
-    await counter.release_idle(clock())  # a scan: nothing idle yet; the next one at +4.9
-    clock.advance(0.6)  # idle for 4.5 s, but the scan is not due
-    await counter.release_idle(clock())
-    assert await local_store.counter("requests:k", "p") > 1
-    clock.advance(0.4)  # 4.9 s: due
-    await counter.release_idle(clock())
-    assert await local_store.counter("requests:k", "p") == 1
 
 
 # -- headers ----------------------------------------------------------------------------
@@ -377,26 +363,3 @@ def test_reset_instant_is_first_instant_of_next_month():
     """monthly_reset_at for 7 Feb 2026 is 2026-03-01T00:00:00.000Z (reference B)."""
     period = month_period(datetime(2026, 2, 7, 12, tzinfo=timezone.utc).timestamp())
     assert iso(period.end) == "2026-03-01T00:00:00.000Z"
-
-
-async def test_idle_lease_scan_survives_a_clock_set_back(local_store, clock):
-    """After the clock is set back, the next release_idle scans instead of waiting."""
-    counter = QuotaCounter(local_store, lease_idle=4, defer=ignore)
-    await counter.release_idle(clock())  # a scan; the next one due 1 s later
-    clock.advance(-3600)
-    assert await counter.take("requests:k", "p", 1, 1000, clock())
-    clock.advance(5)  # idle for 5 s, an hour before the last scan's time
-    await counter.release_idle(clock())
-    assert await local_store.counter("requests:k", "p") == 1
-
-
-async def test_refill_locks_live_only_while_a_refill_is_under_way(local_store, clock):
-    """Concurrent refills of one counter are serialised (exactly the limit is granted),
-    and no per-counter lock is kept once they are done."""
-    counter = QuotaCounter(local_store, defer=ignore)
-    results = await asyncio.gather(
-        *(counter.take("requests:k", "p", 1, 20, clock()) for _ in range(50))
-    )
-    assert results.count(True) == 20
-    assert await local_store.counter("requests:k", "p") == 20
-    assert counter._refills == {}

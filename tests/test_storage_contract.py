@@ -18,7 +18,8 @@ import pytest
 from meterware.errors import ConfigurationError, StorageError
 from meterware.keys import ApiKey, SecretHasher
 from meterware.storage import (
-    KeyActivity,
+    Claim,
+    Grant,
     KeyTotals,
     Rollup,
     Storage,
@@ -33,7 +34,7 @@ from tests.backends import Backend
 
 NOW = 1_776_000_000.0  # 2026-04-12, in epoch seconds
 DAY = "2026-04-12"
-MONTH = "2026-04"
+END = 1_777_593_600.0  # 2026-05-01: the end of April's window
 HASHER = SecretHasher()
 _created = itertools.count()
 
@@ -63,8 +64,19 @@ def rollup(
     calls: int = 1,
     credits: int = 1,
     account_id: str = "acct_a",
+    requests: int = 0,
+    last: float | None = None,
 ) -> Rollup:
-    return Rollup(account_id, key_id, action, day, calls, credits)
+    return Rollup(account_id, key_id, action, day, calls, credits, requests, last)
+
+
+async def reserve(
+    store: Storage, counter: str, want: int, limit: int, end: float = END, now: float = NOW
+) -> tuple[int, int]:
+    """One claim: (granted, count)."""
+    (grant,) = await store.reserve([Claim(counter, want, limit, end)], now)
+    assert grant.window_end == end or grant.window_end > now
+    return grant.granted, grant.count
 
 
 # -- lifecycle -------------------------------------------------------------------------
@@ -113,12 +125,11 @@ class TestDurability:
         first = durable_backend.new()
         await first.open()
         key, secret = await add_key(first, "key_1", tier="pro")
-        await first.reserve("key_1", MONTH, 5, 10)
-        await first.add("key_1:credits", MONTH, 30)
+        await reserve(first, "month:key_1", 5, 10)
+        await reserve(first, "credits:key_1", 30, 2**62)
         await first.record(
             UsageBatch(
-                rollups=[rollup("key_1", calls=2, credits=30)],
-                activity=[KeyActivity("key_1", 2, NOW + 1)],
+                rollups=[rollup("key_1", calls=2, credits=30, requests=2, last=NOW + 1)],
                 labels={"search": "Search"},
             )
         )
@@ -132,11 +143,11 @@ class TestDurability:
         assert await second.find_key(HASHER.hash(secret), NOW) == key.with_changes(
             last_used_at=NOW + 1
         )
-        assert await second.counter("key_1", MONTH) == 5
-        assert await second.counter("key_1:credits", MONTH) == 30
+        assert await second.counter("month:key_1", NOW) == 5
+        assert await second.counter("credits:key_1", NOW) == 30
         assert await second.usage(
             account_id="acct_a", key_id="key_1", first_day=DAY, last_day=DAY
-        ) == [UsageRow(DAY, "search", 2, 30)]
+        ) == [UsageRow(DAY, "search", 2, 30, 2)]
         assert await second.key_totals("key_1") == KeyTotals(2, 2, 30, NOW + 1)
         assert await second.labels() == {"search": "Search"}
         assert await second.key_changes(0) == (cursor, [])
@@ -171,7 +182,7 @@ class TestDurability:
         await store.open()
         await add_key(store, "key_1", secret=secret)
         await store.add_secret("key_1", HASHER.hash(rotated), retire_old_at=NOW + 60)
-        await store.record(UsageBatch(activity=[KeyActivity("key_1", 1, NOW)]))
+        await store.record(UsageBatch(rollups=[rollup("key_1", requests=1, last=NOW)]))
         if durable_backend.name == "sqlite":  # the rows are in the -wal file at this point
             assert (tmp_path / "meterware.db-wal").is_file()
 
@@ -392,9 +403,7 @@ class TestKeyChanges:
         cursor, _ = await store.key_changes(0)
         await store.record(
             UsageBatch(
-                rollups=[rollup("key_1")],
-                activity=[KeyActivity("key_1", 3, NOW + 5)],
-                labels={"search": "Search"},
+                rollups=[rollup("key_1", requests=3, last=NOW + 5)], labels={"search": "Search"}
             )
         )
         assert await store.key_changes(cursor) == (cursor, [])
@@ -429,75 +438,127 @@ class TestKeyChanges:
 
 class TestCounters:
     async def test_untouched_counter_is_zero(self, store: Storage) -> None:
-        """counter() of a counter never touched is 0."""
-        assert await store.counter("key_1", MONTH) == 0
+        """A counter never reserved reads 0."""
+        assert await store.counter("month:key_1", NOW) == 0
 
     async def test_reserve_grants_up_to_the_limit(self, store: Storage) -> None:
-        """reserve returns (granted, count) and never takes the count past the limit."""
-        assert await store.reserve("key_1", MONTH, 4, 10) == (4, 4)
-        assert await store.reserve("key_1", MONTH, 4, 10) == (4, 8)
-        assert await store.reserve("key_1", MONTH, 4, 10) == (2, 10)  # only 2 left
-        assert await store.reserve("key_1", MONTH, 4, 10) == (0, 10)
-        assert await store.counter("key_1", MONTH) == 10
+        """reserve grants (granted, count) and never takes the count past the limit."""
+        assert await reserve(store, "month:key_1", 4, 10) == (4, 4)
+        assert await reserve(store, "month:key_1", 4, 10) == (4, 8)
+        assert await reserve(store, "month:key_1", 4, 10) == (2, 10)  # only 2 left
+        assert await reserve(store, "month:key_1", 4, 10) == (0, 10)
+        assert await store.counter("month:key_1", NOW) == 10
 
     async def test_first_reserve_over_the_limit_is_partial(self, store: Storage) -> None:
         """A first reserve asking for more than the limit gets the limit."""
-        assert await store.reserve("key_1", MONTH, 25, 10) == (10, 10)
+        assert await reserve(store, "month:key_1", 25, 10) == (10, 10)
 
     async def test_reserve_with_nothing_left(self, store: Storage) -> None:
-        """With a limit of 0, or a count already past a lowered limit, nothing is granted."""
-        assert await store.reserve("key_1", MONTH, 5, 0) == (0, 0)
-        assert await store.add("key_2", MONTH, 8) == 8
-        assert await store.reserve("key_2", MONTH, 5, 5) == (0, 8)
-        assert await store.counter("key_1", MONTH) == 0
-        assert await store.counter("key_2", MONTH) == 8
+        """A limit of 0 grants nothing; a count above a lowered limit grants nothing."""
+        assert await reserve(store, "month:key_1", 5, 0) == (0, 0)
+        assert await reserve(store, "month:key_2", 8, 2**62) == (8, 8)
+        assert await reserve(store, "month:key_2", 5, 5) == (0, 8)
+        assert await store.counter("month:key_1", NOW) == 0
+        assert await store.counter("month:key_2", NOW) == 8
 
     async def test_counters_are_separate(self, store: Storage) -> None:
-        """Each (subject, period) pair is its own counter."""
-        await store.reserve("key_1", "2026-04", 3, 10)
-        await store.reserve("key_1", "2026-05", 5, 10)
-        await store.add("key_2", "2026-04", 7)
-        assert await store.counter("key_1", "2026-04") == 3
-        assert await store.counter("key_1", "2026-05") == 5
-        assert await store.counter("key_2", "2026-04") == 7
-        assert await store.counter("key_2", "2026-05") == 0
+        """Each counter counts alone."""
+        await reserve(store, "month:key_1", 3, 10)
+        await reserve(store, "minute:key_1", 5, 10, end=NOW + 60)
+        await reserve(store, "month:key_2", 7, 10)
+        assert await store.counter("month:key_1", NOW) == 3
+        assert await store.counter("minute:key_1", NOW) == 5
+        assert await store.counter("month:key_2", NOW) == 7
+        assert await store.counter("minute:key_2", NOW) == 0
+
+    async def test_one_round_trip_reserves_several_counters(self, store: Storage) -> None:
+        """Several claims are granted in one call, each by its own limit, in order."""
+        claims = [
+            Claim("minute:key_1", 5, 3, NOW + 60),
+            Claim("month:key_1", 5, 10, END),
+            Claim("credits:key_1", 30, 100, END),
+        ]
+        assert await store.reserve(claims, NOW) == [
+            Grant(3, 3, NOW + 60),
+            Grant(5, 5, END),
+            Grant(30, 30, END),
+        ]
+        again = await store.reserve(claims[::-1], NOW + 1)
+        assert again == [Grant(30, 60, END), Grant(5, 10, END), Grant(0, 3, NOW + 60)]
+
+    async def test_a_live_window_keeps_its_end(self, store: Storage) -> None:
+        """A claim on a live window counts in it, whatever end the claim proposes."""
+        assert await store.reserve([Claim("minute:k", 1, 10, NOW + 60)], NOW) == [
+            Grant(1, 1, NOW + 60)
+        ]
+        later = await store.reserve([Claim("minute:k", 1, 10, NOW + 90)], NOW + 30)
+        assert later == [Grant(1, 2, NOW + 60)]
+
+    async def test_an_ended_window_starts_again_from_zero(self, store: Storage) -> None:
+        """At or after a window's end, the next claim opens a new window at its end."""
+        await reserve(store, "minute:k", 10, 10, end=NOW + 60)
+        assert await reserve(store, "minute:k", 1, 10, end=NOW + 60) == (0, 10)
+        assert await store.counter("minute:k", NOW + 60) == 0  # ended: nothing counts
+        assert await store.reserve([Claim("minute:k", 4, 10, NOW + 120)], NOW + 60) == [
+            Grant(4, 4, NOW + 120)
+        ]
+        assert await store.counter("minute:k", NOW + 61) == 4
 
     async def test_release_gives_units_back(self, store: Storage) -> None:
-        """Released units can be reserved again."""
-        await store.reserve("key_1", MONTH, 10, 10)
-        await store.release("key_1", MONTH, 4)
-        assert await store.counter("key_1", MONTH) == 6
-        assert await store.reserve("key_1", MONTH, 10, 10) == (4, 10)
+        """Released units of the same window can be reserved again."""
+        await reserve(store, "month:key_1", 10, 10)
+        await store.release("month:key_1", END, 4)
+        assert await store.counter("month:key_1", NOW) == 6
+        assert await reserve(store, "month:key_1", 10, 10) == (4, 10)
+
+    async def test_release_into_another_window_does_nothing(self, store: Storage) -> None:
+        """Units of an ended window are not given back to the window that followed it."""
+        await reserve(store, "minute:k", 5, 10, end=NOW + 60)
+        await reserve(store, "minute:k", 3, 10, end=NOW + 120, now=NOW + 60)
+        await store.release("minute:k", NOW + 60, 5)
+        assert await store.counter("minute:k", NOW + 61) == 3
 
     async def test_release_floors_at_zero(self, store: Storage) -> None:
-        """Releasing more than the count leaves 0; releasing an unknown counter is harmless."""
-        await store.add("key_1", MONTH, 3)
-        await store.release("key_1", MONTH, 5)
-        assert await store.counter("key_1", MONTH) == 0
-        await store.release("key_nope", MONTH, 5)
-        assert await store.counter("key_nope", MONTH) == 0
+        """Releasing more than the count leaves 0; releasing an unknown counter is a no-op."""
+        await reserve(store, "month:key_1", 3, 10)
+        await store.release("month:key_1", END, 5)
+        assert await store.counter("month:key_1", NOW) == 0
+        await store.release("month:key_nope", END, 5)
+        assert await store.counter("month:key_nope", NOW) == 0
 
-    async def test_add_has_no_limit(self, store: Storage) -> None:
-        """add() returns the new count and never refuses."""
-        assert await store.add("key_1:credits", MONTH, 5) == 5
-        assert await store.add("key_1:credits", MONTH, 1_000_000) == 1_000_005
-        assert await store.counter("key_1:credits", MONTH) == 1_000_005
+    async def test_a_huge_limit_counts_freely(self, store: Storage) -> None:
+        """With a limit out of reach every unit is granted (a cost raised at run time)."""
+        assert await reserve(store, "credits:key_1", 5, 2**62) == (5, 5)
+        assert await reserve(store, "credits:key_1", 1_000_000, 2**62) == (1_000_000, 1_000_005)
+        assert await store.counter("credits:key_1", NOW) == 1_000_005
 
     async def test_concurrent_reserves_never_exceed_the_limit(self, store: Storage) -> None:
-        """200 concurrent reserve(want=1, limit=50) grant exactly 50, each a distinct count."""
-        results = await asyncio.gather(*(store.reserve("key_1", MONTH, 1, 50) for _ in range(200)))
+        """200 concurrent reserves (want=1, limit=50) grant exactly 50, each a distinct count."""
+        results = await asyncio.gather(*(reserve(store, "month:key_1", 1, 50) for _ in range(200)))
         granted = [count for got, count in results if got]
         assert sum(got for got, _ in results) == 50
         assert sorted(granted) == list(range(1, 51))
         assert all(count == 50 for got, count in results if not got)
-        assert await store.counter("key_1", MONTH) == 50
+        assert await store.counter("month:key_1", NOW) == 50
 
     async def test_concurrent_block_reserves_split_the_remainder(self, store: Storage) -> None:
         """40 concurrent reserves of 7 against 100: 14 full grants, one of 2, none over."""
-        results = await asyncio.gather(*(store.reserve("key_1", MONTH, 7, 100) for _ in range(40)))
+        results = await asyncio.gather(*(reserve(store, "month:key_1", 7, 100) for _ in range(40)))
         grants = sorted(got for got, _ in results if got)
         assert grants == [2] + [7] * 14
-        assert await store.counter("key_1", MONTH) == 100
+        assert await store.counter("month:key_1", NOW) == 100
+
+    async def test_concurrent_multi_claims_in_opposite_orders(self, store: Storage) -> None:
+        """Reservations of two counters in opposite orders, at once, neither deadlock nor
+        over-grant."""
+        pair = [Claim("minute:k", 1, 30, NOW + 60), Claim("month:k", 1, 40, END)]
+        results = await asyncio.gather(
+            *(store.reserve(pair if i % 2 else pair[::-1], NOW) for i in range(100))
+        )
+        assert await store.counter("minute:k", NOW) == 30
+        assert await store.counter("month:k", NOW) == 40
+        minute = sum(g[0 if i % 2 else 1].granted for i, g in enumerate(results))
+        assert minute == 30
 
     async def test_concurrent_reserves_across_connections(self, durable_backend: Backend) -> None:
         """Stores on separate connections (separate processes) racing grant exactly 50."""
@@ -507,11 +568,11 @@ class TestCounters:
         for s in stores:
             await s.open()
         results = await asyncio.gather(
-            *(stores[i % 2].reserve("key_1", MONTH, 1, 50) for i in range(200))
+            *(reserve(stores[i % 2], "month:key_1", 1, 50) for i in range(200))
         )
         assert sum(got for got, _ in results) == 50
         assert sorted(count for got, count in results if got) == list(range(1, 51))
-        assert [await s.counter("key_1", MONTH) for s in stores] == [50, 50]
+        assert [await s.counter("month:key_1", NOW) for s in stores] == [50, 50]
 
 
 # -- usage ledger ----------------------------------------------------------------------
@@ -519,44 +580,94 @@ class TestCounters:
 
 class TestRecord:
     async def test_record_accumulates_rollups_and_totals(self, store: Storage) -> None:
-        """Rollups add up per (key, action, day); totals add up; last_used_at is the max."""
+        """Rollups add up per (key, action, day); totals are their sums; the last use is
+        the latest."""
         await add_key(store, "key_1")
         await store.record(
-            UsageBatch(
-                rollups=[rollup("key_1", calls=2, credits=60)],
-                activity=[KeyActivity("key_1", 2, NOW + 10)],
-            )
+            UsageBatch(rollups=[rollup("key_1", calls=2, credits=60, requests=2, last=NOW + 10)])
         )
         await store.record(
             UsageBatch(
-                rollups=[rollup("key_1", calls=1, credits=30), rollup("key_1", "image", credits=5)],
-                activity=[KeyActivity("key_1", 1, NOW + 5)],  # earlier: last use stays
+                rollups=[
+                    rollup("key_1", calls=1, credits=30, requests=1, last=NOW + 5),  # earlier
+                    rollup("key_1", "image", credits=5),
+                ]
             )
         )
         assert await store.usage(
             account_id="acct_a", key_id="key_1", first_day=DAY, last_day=DAY
-        ) == [UsageRow(DAY, "image", 1, 5), UsageRow(DAY, "search", 3, 90)]
+        ) == [UsageRow(DAY, "image", 1, 5, 0), UsageRow(DAY, "search", 3, 90, 3)]
         assert await store.key_totals("key_1") == KeyTotals(
             requests=3, calls=4, credits=95, last_used_at=NOW + 10
         )
         key = await store.get_key("key_1")
         assert key is not None
         assert key.last_used_at == NOW + 10
+        assert [k.last_used_at for k in await store.list_keys("acct_a")] == [NOW + 10]
 
     async def test_one_batch_writes_everything(self, store: Storage) -> None:
-        """One record() writes rollups, activity and labels together, repeats summed."""
+        """One record() writes rollups and labels together, repeats summed."""
         await add_key(store, "key_1")
         await add_key(store, "key_2")
         await store.record(
             UsageBatch(
-                rollups=[rollup("key_1"), rollup("key_1"), rollup("key_2", calls=4)],
-                activity=[KeyActivity("key_1", 2, NOW), KeyActivity("key_2", 4, NOW + 1)],
+                rollups=[
+                    rollup("key_1", requests=1, last=NOW),
+                    rollup("key_1", requests=1, last=NOW - 1),
+                    rollup("key_2", calls=4, requests=4, last=NOW + 1),
+                ],
                 labels={"search": "Search"},
             )
         )
         assert await store.key_totals("key_1") == KeyTotals(2, 2, 2, NOW)
         assert await store.key_totals("key_2") == KeyTotals(4, 4, 1, NOW + 1)
         assert await store.labels() == {"search": "Search"}
+
+    async def test_totals_between_days_and_of_an_account(self, store: Storage) -> None:
+        """totals() sums a key's (or an account's) rollups between two days."""
+        await add_key(store, "key_1")
+        await add_key(store, "key_2")
+        await store.record(
+            UsageBatch(
+                rollups=[
+                    rollup("key_1", day="2026-03-31", requests=5, last=NOW - 86400 * 12),
+                    rollup("key_1", day="2026-04-01", requests=2, last=NOW - 86400 * 11),
+                    rollup("key_2", day="2026-04-12", calls=3, credits=9, requests=4, last=NOW),
+                ]
+            )
+        )
+        april = {"first_day": "2026-04-01", "last_day": "2026-04-30"}
+        assert await store.totals(account_id="acct_a", key_id="key_1", **april) == KeyTotals(
+            2, 1, 1, NOW - 86400 * 11
+        )
+        assert await store.totals(account_id="acct_a", key_id=None, **april) == KeyTotals(
+            6, 4, 10, NOW
+        )
+        assert await store.totals(account_id="acct_a", key_id=None) == KeyTotals(11, 5, 11, NOW)
+        assert await store.totals(account_id="acct_b", key_id=None) == KeyTotals()
+
+    async def test_requests_since_for_many_subjects(self, store: Storage) -> None:
+        """requests_since answers every (account, key or None, first day) in order."""
+        await add_key(store, "key_1")
+        await add_key(store, "key_2")
+        await store.record(
+            UsageBatch(
+                rollups=[
+                    rollup("key_1", day="2026-03-31", requests=5),
+                    rollup("key_1", day="2026-04-01", requests=2),
+                    rollup("key_2", day="2026-04-12", requests=4),
+                ]
+            )
+        )
+        subjects = [
+            ("acct_a", "key_1", "2026-04-01"),
+            ("acct_a", None, "2026-04-01"),
+            ("acct_a", "key_1", "2026-03-01"),
+            ("acct_b", None, "2026-03-01"),
+            ("acct_a", "key_2", "2026-04-13"),
+        ]
+        assert await store.requests_since(subjects) == [2, 6, 7, 0, 0]
+        assert await store.requests_since([]) == []
 
     async def test_empty_batch_writes_nothing(self, store: Storage) -> None:
         """record() of an empty batch is a no-op."""
@@ -592,8 +703,7 @@ class TestRecord:
         """When part of a batch fails, none of it is written."""
         await add_key(durable_store, "key_1")
         bad = UsageBatch(
-            rollups=[rollup("key_1", calls=3)],
-            activity=[KeyActivity("key_1", 3, NOW)],
+            rollups=[rollup("key_1", calls=3, requests=3, last=NOW)],
             labels={"search": None},  # type: ignore[dict-item]  # NOT NULL, written last
         )
         with pytest.raises(StorageError):
@@ -613,9 +723,8 @@ class TestRecord:
         await add_key(store, "key_2")
         batches = [
             UsageBatch(
-                rollups=[rollup(k, a, calls=1, credits=2) for k in ("key_1", "key_2")[::step]
-                         for a in ("search", "image")],
-                activity=[KeyActivity(k, 1, NOW + i) for k in ("key_1", "key_2")[::step]],
+                rollups=[rollup(k, a, calls=1, credits=2, requests=a == "search", last=NOW + i)
+                         for k in ("key_1", "key_2")[::step] for a in ("search", "image")],
             )
             for i, step in enumerate([1, -1] * 10)
         ]  # fmt: skip
@@ -623,7 +732,7 @@ class TestRecord:
         assert await store.key_totals("key_1") == KeyTotals(20, 40, 80, NOW + 19)
         assert await store.usage(account_id="acct_a", key_id=None, first_day=DAY, last_day=DAY) == [
             UsageRow(DAY, "image", 40, 80),
-            UsageRow(DAY, "search", 40, 80),
+            UsageRow(DAY, "search", 40, 80, 40),
         ]
 
 

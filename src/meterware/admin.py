@@ -25,12 +25,14 @@ from meterware.errors import Conflict, InvalidValue, NotFound
 from meterware.keys import (
     PERMISSIONS,
     ApiKey,
+    Caller,
     Permission,
     SecretHasher,
     new_account_id,
     new_key_id,
     valid_id,
 )
+from meterware.reported import QuotaStatus, Subject, quota_status
 from meterware.storage import Storage, storage_from_url
 from meterware.tiers import TierTable
 
@@ -47,6 +49,8 @@ class Admin:
     - `pepper`, `key_prefix` - as the middleware's: secrets are hashed the way it checks
       them. Default to `METERWARE_PEPPER` and `mw_`.
     - `tiers` - the tier table names are checked against. Defaults to `METERWARE_TIERS`.
+    - `limit_by` - `"key"` or `"account"`, as the middleware's: whose numbers a key's
+      status reports. Defaults to `METERWARE_LIMIT_BY`, else `"key"`.
     - `clock` - returns Unix time. Defaults to `time.time`.
     """
 
@@ -57,6 +61,7 @@ class Admin:
         pepper: str | bytes | None = None,
         key_prefix: str = "mw_",
         tiers: TierTable | Mapping[str, Mapping[str, int | None]] | None = None,
+        limit_by: str | None = None,
         clock: Clock = system_clock,
     ) -> None:
         self._owns_store = not isinstance(storage, Storage)
@@ -67,6 +72,7 @@ class Admin:
         )
         self.hasher = SecretHasher(prefix=key_prefix, pepper=config.key_pepper(pepper))
         self.tiers = TierTable.coerce(tiers)
+        self.limit_by = config.limit_by(limit_by)
         self.clock = clock
 
     async def __aenter__(self) -> Admin:
@@ -124,6 +130,18 @@ class Admin:
         """Keys of one account, or all keys, in order of creation (never their secrets)."""
         return await self.store.list_keys(
             None if account_id is None else _id(account_id, "account")
+        )
+
+    async def key_status(self, key_id: str) -> QuotaStatus:
+        """A key's monthly numbers as the usage endpoint reports them: requests and credits
+        this period (its account's, with `limit_by="account"`), limits, reset, lifetime
+        requests."""
+        key = await self.get_key(key_id)
+        caller = Caller.from_key(key)
+        subject = Subject(key.account_id, None if self.limit_by == "account" else key.id)
+        limits = self.tiers.limits_for(caller)
+        return await quota_status(
+            self.store, subject=subject, key_id=key.id, limits=limits, now=self.clock()
         )
 
     async def update_key(

@@ -1,12 +1,14 @@
 """Admission: one object decides whether a request may run, and settles it afterwards.
 
-`Admission.admit(plan, cost, now)` checks, in order, the per-minute window (429
-RATE_LIMITED), the monthly request quota (429 QUOTA_EXCEEDED) and the monthly credit
-allowance (402 INSUFFICIENT_CREDITS), and returns either a `Denial` to send at once or a
-`Hold`: what was taken for the request. After the handler, `hold.settle(status,
-credits)` does in one place whatever the outcome asks for: credits given back when the
-call is not charged (or costs less than was held), more taken when it costs more, and
-the charge recorded in the ledger.
+`Admission.admit(plan, cost, now)` takes, in order, a unit of the per-minute window (429
+RATE_LIMITED), a unit of the month's request quota (429 QUOTA_EXCEEDED) and the route's
+credits from the month's allowance (402 INSUFFICIENT_CREDITS), each from the lease
+engine (`meterware.leases`), and returns either a `Denial` to send at once or a `Hold`:
+what was taken for the request. A request refused for its month or credits has still
+used its unit of the minute, as every attempt does. After the handler,
+`hold.settle(status, credits)` does in one place whatever the outcome asks for: credits
+given back when the call is not charged (or costs less than was held), more taken when
+it costs more, and the charge recorded in the ledger.
 
 The fail-open policy lives here too: when the store behind a concern (`rate_limit`,
 `quota`, `credits`) fails, that concern lets the request through uncounted if it fails
@@ -17,178 +19,230 @@ warning is logged once per outage.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from meterware import responses
 from meterware.clock import MonthPeriod, month_period
 from meterware.config import ChargeRule
 from meterware.errors import StorageError
 from meterware.keys import Caller
+from meterware.leases import Leases, Want
 from meterware.ledger import Meter
 from meterware.metering import Cost
-from meterware.quota import QuotaCounter, credits_counter, requests_counter
+from meterware.reported import MonthView, MonthViews, Subject
 from meterware.responses import Denial, Headers, RateLimitHeaders, retry_after
 from meterware.tiers import Limits
-from meterware.windows import MinuteResult, Windows
+from meterware.windows import WINDOW
 
 __all__ = ["Admission", "Hold", "Outages", "Plan"]
 
 log = logging.getLogger("meterware")
 
+MINUTE_SHARE = 1 / 40  # of a per-minute limit, the most one block may be
+MONTH_SHARE = 1 / 100  # of a monthly limit (what a crash may cost)
+MINUTE_IDLE = 5.0  # seconds an idle process keeps units of a minute window
+
 
 class Plan:
-    """What admission needs to know of a caller: its limits and the names of its
-    counters, worked out once per caller; and its current billing period."""
+    """What admission needs to know of a caller, worked out once per caller: its limits,
+    the names of its counters, its current billing period and month view."""
 
-    __slots__ = ("caller", "credits", "limits", "minute_subject", "period", "requests")
+    __slots__ = ("caller", "credits", "limits", "minute", "month", "period", "subject", "view")
 
-    def __init__(self, caller: Caller, limits: Limits, *, by_account: bool) -> None:
+    def __init__(self, caller: Caller, limits: Limits, *, limit_by: str, minute_by: str) -> None:
+        key = Subject(caller.account_id, caller.key_id)
+        account = Subject(caller.account_id, None)
         self.caller = caller
         self.limits = limits
-        self.minute_subject = caller.account_id if by_account else caller.subject
-        self.requests = requests_counter(caller.subject)
-        self.credits = credits_counter(caller.subject)
+        self.subject = account if limit_by == "account" else key
+        self.minute = f"minute:{(account if minute_by == 'account' else key).name}"
+        self.month = f"month:{self.subject.name}"
+        self.credits = f"credits:{self.subject.name}"
         self.period = month_period(0.0, limits.anchor_day)
+        self.view: MonthView | None = None
 
     def period_at(self, now: float) -> MonthPeriod:
         """The billing period containing `now` (recomputed only when the last one ends)."""
         period = self.period
         if not period.start <= now < period.end:
             period = self.period = month_period(now, self.limits.anchor_day)
+            self.view = None
         return period
 
 
 class Outages:
-    """Which concerns are failing right now, so that each outage is logged once."""
+    """Which concerns are failing right now, so that each outage is logged once, and its
+    end once."""
+
+    NAMES: ClassVar[dict[str, str]] = {
+        "rate_limit": "rate limit",
+        "quota": "quota",
+        "credits": "credits",
+        "storage": "usage",
+    }
 
     def __init__(self) -> None:
         self._down: set[str] = set()
 
-    def failed(self, concern: str, message: str, exc: Exception) -> None:
+    def failed(self, concern: str, exc: Exception, *, admitting: bool) -> None:
         if concern not in self._down:
             self._down.add(concern)
-            log.warning("%s: %s", message, exc)
+            name = self.NAMES.get(concern, concern)
+            if admitting:
+                log.warning(
+                    "%s storage failed, admitting requests without %s checks: %s",
+                    name, concern, exc,
+                )  # fmt: skip
+            else:
+                log.warning("storage unavailable, answering 503: %s", exc)
 
     def recovered(self, concern: str) -> None:
-        self._down.discard(concern)
+        if concern in self._down:
+            self._down.discard(concern)
+            log.warning("%s storage is back", self.NAMES.get(concern, concern))
 
 
 UNAVAILABLE = Denial(responses.STORAGE_UNAVAILABLE, [responses.RETRY_STORAGE])
 
 
 class Admission:
-    """Admits requests against a caller's windows, quota and credits (see module doc)."""
+    """Admits requests against a caller's windows, quota and credits (see module doc).
+
+    `minutes` holds the per-minute windows' leases, `leases` the month's; they are one
+    object when the windows live in the main store, so that one round trip serves both.
+    """
 
     def __init__(
         self,
-        windows: Windows,
-        quota: QuotaCounter,
+        minutes: Leases,
+        leases: Leases,
         meter: Meter,
+        views: MonthViews,
         headers: RateLimitHeaders,
         *,
         fail_open: Collection[str],
         charge: ChargeRule,
+        lease_idle: float = 60.0,
     ) -> None:
-        self.windows = windows
-        self.quota = quota
+        self.minutes = minutes
+        self.leases = leases
         self.meter = meter
+        self.views = views
         self.rate_headers = headers
         self.fail_open = frozenset(fail_open)
         self.charge_rule = charge
+        self.lease_idle = lease_idle
+        self.minute_idle = min(lease_idle, MINUTE_IDLE)
         self.outages = Outages()
 
-    async def rate_limit(self, plan: Plan, now: float) -> MinuteResult | Denial | None:
-        """Count a request against the per-minute window only (the usage endpoint): the
-        window's state, None when there is no per-minute limit, or a `Denial`."""
-        per_minute = plan.limits.per_minute
-        if per_minute is None:
+    def _wants(self, plan: Plan, cost: Cost, now: float) -> list[tuple[str, Leases, Want]]:
+        """The units a request needs: (concern, where they are leased, what)."""
+        limits, end = plan.limits, plan.period_at(now).end
+        wants = []
+        if limits.per_minute is not None:
+            minute = Want(
+                plan.minute, 1, limits.per_minute, now + WINDOW, MINUTE_SHARE, self.minute_idle
+            )
+            wants.append(("rate_limit", self.minutes, minute))
+        if limits.monthly_requests is not None:
+            month = Want(plan.month, 1, limits.monthly_requests, end, MONTH_SHARE, self.lease_idle)
+            wants.append(("quota", self.leases, month))
+        if cost.credits and limits.monthly_credits is not None:
+            credits, idle = limits.monthly_credits, self.lease_idle
+            credit = Want(plan.credits, cost.credits, credits, end, MONTH_SHARE, idle)
+            wants.append(("credits", self.leases, credit))
+        return wants
+
+    async def rate_limit(self, plan: Plan, now: float) -> Denial | None:
+        """Count a request against the per-minute window only (the usage endpoint)."""
+        wants = self._wants(plan, Cost(0, "", ""), now)
+        if not wants or wants[0][0] != "rate_limit":
             return None
-        try:
-            minute = await self.windows.hit(plan.minute_subject, per_minute, now)
-        except StorageError as exc:  # the shared windows failed, and fail closed
-            return self.unavailable(exc)
-        if not minute.allowed:
-            headers = self.headers(plan, minute, now)
-            headers.append(retry_after(minute.reset_at - now))
-            return Denial(responses.RATE_LIMITED, headers)
-        return minute
+        taken = await self._take(*wants[0], now, ())
+        if isinstance(taken, Denial):
+            return taken
+        return None if taken is not False else self._refused(plan, now, "rate_limit")
 
     async def admit(self, plan: Plan, cost: Cost, now: float) -> Hold | Denial:
         """Admit a request to a route that costs `cost`: a `Hold`, or a `Denial`."""
-        minute = await self.rate_limit(plan, now)
-        if isinstance(minute, Denial):
-            return minute
-        limits, period = plan.limits, plan.period_at(now)
-        try:
-            took = await self._take("quota", plan.requests, period, 1, limits.monthly_requests, now)
-        except StorageError as exc:
-            return self.unavailable(exc)
-        if took is False:
-            headers = self.headers(plan, minute, now)
-            headers.append(retry_after(period.end - now))
-            return Denial(responses.QUOTA_EXCEEDED, headers)
+        wants = self._wants(plan, cost, now)
+        taken: list[tuple[Leases, Want]] = []
         held = 0
-        if cost.credits:
-            got: bool | StorageError | None
-            try:
-                got = await self._take(
-                    "credits", plan.credits, period, cost.credits, limits.monthly_credits, now
-                )
-            except StorageError as exc:
-                got = exc
-            if got is not True and got is not None:  # refused, or failed closed
-                if took:  # the request does not count
-                    self.quota.give_back(plan.requests, period.id, 1, limits.monthly_requests)
-                if isinstance(got, StorageError):
-                    return self.unavailable(got)
-                return Denial(responses.INSUFFICIENT_CREDITS, self.headers(plan, minute, now))
-            held = cost.credits if got else 0
-        self.meter.admitted(plan.caller.key_id, now)
-        return Hold(self, plan, period, cost, held, self.headers(plan, minute, now), now)
+        for i, (concern, leases, want) in enumerate(wants):
+            also = [w for _, where, w in wants[i + 1 :] if where is leases]
+            got = await self._take(concern, leases, want, now, also)
+            if got is True:
+                held = want.amount if concern == "credits" else held
+                if concern != "rate_limit":  # an attempt always uses its minute
+                    taken.append((leases, want))
+                continue
+            if got is None:  # failed open: this concern lets the request through
+                continue
+            for where, back in taken:  # refused, or failed closed: nothing else counts
+                where.give_back(back.counter, back.amount, now)
+            return got if isinstance(got, Denial) else self._refused(plan, now, concern)
+        caller = plan.caller
+        self.meter.admitted(caller.account_id, caller.key_id, cost, now)
+        self.views.admitted(self._view(plan, now))
+        return Hold(self, plan, cost, held, self.headers(plan, now), now)
 
     async def _take(
-        self,
-        concern: str,
-        counter: str,
-        period: MonthPeriod,
-        amount: int,
-        limit: int | None,
-        now: float,
-    ) -> bool | None:
-        """Take quota units: True or False as the store says; None when the store failed
-        and this concern fails open (the request passes uncounted)."""
-        if self.quota.at_hand(counter, period.id, amount, limit):  # no store to hear from
-            return await self.quota.take(counter, period.id, amount, limit, now)
+        self, concern: str, leases: Leases, want: Want, now: float, also: Sequence[Want]
+    ) -> bool | Denial | None:
+        """True or False as the store says; None when the store failed and this concern
+        fails open (the request passes uncounted); the 503 when it fails closed."""
+        trips = leases.round_trips
         try:
-            taken = await self.quota.take(counter, period.id, amount, limit, now)
+            taken = await leases.take(want, now, also)
         except StorageError as exc:
             if concern not in self.fail_open:
-                raise
-            self.outages.failed(
-                concern, f"storage failed: admitting requests without {concern} checks", exc
-            )
+                return self.unavailable(exc)
+            self.outages.failed(concern, exc, admitting=True)
             return None
-        self.outages.recovered(concern)
+        if leases.round_trips != trips:  # the store answered
+            self.outages.recovered(concern)
         return taken
+
+    def _refused(self, plan: Plan, now: float, concern: str) -> Denial:
+        headers = self.headers(plan, now)
+        if concern == "rate_limit":
+            lease = self.minutes.get(plan.minute)
+            headers.append(retry_after((lease.end if lease else now + WINDOW) - now))
+            return Denial(responses.RATE_LIMITED, headers)
+        if concern == "quota":
+            headers.append(retry_after(plan.period_at(now).end - now))
+            return Denial(responses.QUOTA_EXCEEDED, headers)
+        return Denial(responses.INSUFFICIENT_CREDITS, headers)
 
     def unavailable(self, exc: Exception) -> Denial:
         """The 503 for a store that failed where the check fails closed."""
-        self.outages.failed("storage", "storage unavailable, answering 503", exc)
+        self.outages.failed("storage", exc, admitting=False)
         return UNAVAILABLE
 
-    def headers(self, plan: Plan, minute: MinuteResult | None, now: float) -> Headers:
-        """The rate-limit headers of a response to this caller."""
+    def _view(self, plan: Plan, now: float) -> MonthView:
+        period = plan.period_at(now)
+        if plan.view is None:
+            plan.view = self.views.view(plan.subject, period)
+        return plan.view
+
+    def headers(self, plan: Plan, now: float) -> Headers:
+        """The rate-limit headers of a response to this caller: the minute's units left
+        (those other processes hold count as used) and when its window ends; the month's
+        requests left (requests made, from the ledger and this process)."""
         limits, period = plan.limits, plan.period_at(now)
-        if minute is None and limits.per_minute is not None:
-            minute = self.windows.peek(plan.minute_subject, limits.per_minute, now)
+        minute_left, minute_reset = limits.per_minute or 0, now + WINDOW
+        lease = self.minutes.get(plan.minute) if limits.per_minute is not None else None
+        if lease is not None and lease.end > now:
+            minute_left, minute_reset = lease.left(now), lease.end
         month_left = 0
         if limits.monthly_requests is not None:
-            month_left = limits.monthly_requests - self.quota.estimate(plan.requests, period.id)
+            month_left = limits.monthly_requests - self._view(plan, now).used
         return self.rate_headers.build(
             per_minute=limits.per_minute,
-            minute_left=minute.remaining if minute is not None else 0,
-            minute_reset=minute.reset_at if minute is not None else now,
+            minute_left=minute_left,
+            minute_reset=minute_reset,
             month_limit=limits.monthly_requests,
             month_left=month_left,
             month_end=period.end,
@@ -203,7 +257,6 @@ class Hold:
 
     admission: Admission
     plan: Plan
-    period: MonthPeriod
     cost: Cost
     held: int  # credits taken from the monthly allowance
     headers: Headers  # the rate-limit headers of the response
@@ -213,18 +266,17 @@ class Hold:
         """Settle the call: `status` is the response's (None when the handler raised or the
         client left first), `credits` what the call costs by now (`set_cost`). Charged
         only if the charge rule accepts the status."""
-        admission, limits = self.admission, self.plan.limits
+        admission, plan, now = self.admission, self.plan, self.now
         charged = credits if status is not None and admission.charge_rule(status) else 0
-        counter, period = self.plan.credits, self.period.id
         if self.held > charged:
-            admission.quota.give_back(counter, period, self.held - charged, limits.monthly_credits)
-        elif charged > self.held:
+            admission.leases.give_back(plan.credits, self.held - charged, now)
+        elif charged > self.held and plan.limits.monthly_credits is not None:
+            end = plan.period_at(now).end
+            extra = Want(plan.credits, charged - self.held, 0, end, MONTH_SHARE, 0.0)
             try:
-                await admission.quota.force(
-                    counter, period, charged - self.held, limits.monthly_credits
-                )
+                await admission.leases.force(extra, now)
             except StorageError as exc:
                 log.warning("could not count %d extra credits: %s", charged - self.held, exc)
         if charged:
-            caller = self.plan.caller
-            admission.meter.charge(caller.account_id, caller.key_id, self.cost, charged, self.now)
+            caller = plan.caller
+            admission.meter.charge(caller.account_id, caller.key_id, self.cost, charged, now)

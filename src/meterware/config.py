@@ -9,12 +9,14 @@ same thing to every part of meterware:
 | `METERWARE_STORAGE` | the store's URL | `sqlite:///meterware.db` |
 | `METERWARE_PEPPER` | the secret mixed into stored key hashes | none |
 | `METERWARE_TIERS` | the tier table (JSON, or a JSON file's path) | reference B's table |
-| `METERWARE_RATE_LIMIT_STORAGE` | where per-minute windows live | in process |
+| `METERWARE_RATE_LIMIT_STORAGE` | where per-minute windows live | the main store |
+| `METERWARE_LIMIT_BY` | `key` or `account`: whose counters limits are kept in | `key` |
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -30,6 +32,7 @@ __all__ = [
     "Settings",
     "env",
     "key_pepper",
+    "limit_by",
     "storage_url",
     "window_storage",
 ]
@@ -61,6 +64,14 @@ def key_pepper(given: str | bytes | None = None) -> str | bytes | None:
     return given if given is not None else env("PEPPER")
 
 
+def limit_by(given: str | None = None) -> str:
+    """Whose counters limits are kept in: `given`, else `METERWARE_LIMIT_BY`, else `key`."""
+    value = given or env("LIMIT_BY") or "key"
+    if value not in ("key", "account"):
+        raise ConfigurationError(f"limit_by must be 'key' or 'account', not {value!r}")
+    return value
+
+
 def window_storage(given: str | None = None) -> str | None:
     """Where per-minute windows live: `given`, else `METERWARE_RATE_LIMIT_STORAGE`, else
     None (in process)."""
@@ -80,7 +91,8 @@ class Settings:
     website_param: str = "website_id"
     envelope: Envelope = "wrapped"
     rate_limit_storage: str | None = None
-    rate_limit_by: Literal["key", "account"] = "key"
+    limit_by: Literal["key", "account"] = "key"
+    minute_by: Literal["key", "account"] = "key"
     rate_limit_headers: frozenset[str] = frozenset(HEADER_FAMILIES)
     default_cost: int = 0
     charge: ChargeRule = field(default=lambda status: status < 400)
@@ -106,7 +118,8 @@ class Settings:
         website_param: str = "website_id",
         envelope: str | None = None,
         rate_limit_storage: str | None = None,
-        rate_limit_by: str = "key",
+        limit_by: str | None = None,
+        rate_limit_by: str | None = None,
         rate_limit_headers: Iterable[str] = HEADER_FAMILIES,
         default_cost: int = 0,
         charge: Collection[int] | ChargeRule | None = None,
@@ -128,8 +141,18 @@ class Settings:
         envelope = envelope or ENVELOPE_OF[usage_format]
         if envelope not in ENVELOPES:
             raise ConfigurationError(f"envelope must be one of {ENVELOPES}, not {envelope!r}")
-        if rate_limit_by not in ("key", "account"):
-            raise ConfigurationError("rate_limit_by must be 'key' or 'account'")
+        subjects = _limit_by(limit_by)
+        minute_by = subjects
+        if rate_limit_by is not None:
+            if rate_limit_by not in ("key", "account"):
+                raise ConfigurationError("rate_limit_by must be 'key' or 'account'")
+            warnings.warn(
+                "rate_limit_by is deprecated: use limit_by, which also keeps the monthly quota "
+                "and credits per account (rate_limit_by shares only the per-minute window)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            minute_by = rate_limit_by
         families = frozenset(v.lower() for v in rate_limit_headers)
         if families - set(HEADER_FAMILIES):
             raise ConfigurationError(
@@ -156,7 +179,8 @@ class Settings:
             website_param=website_param,
             envelope=envelope,
             rate_limit_storage=window_storage(rate_limit_storage),
-            rate_limit_by=rate_limit_by,  # type: ignore[arg-type]
+            limit_by=subjects,  # type: ignore[arg-type]
+            minute_by=minute_by,  # type: ignore[arg-type]
             rate_limit_headers=families,
             default_cost=default_cost,
             charge=_charge_rule(charge),
@@ -188,3 +212,6 @@ def _charge_rule(charge: Collection[int] | ChargeRule | None) -> ChargeRule:
     if callable(charge):
         return charge
     return frozenset(charge).__contains__
+
+
+_limit_by = limit_by  # the module function, where a parameter has its name

@@ -1,12 +1,12 @@
 """The write-behind ledger: what was admitted and charged, recorded in memory now and
 written to the store in batches.
 
-`Meter` aggregates per (account, key, action, UTC day), and the runtime's background
-task writes the aggregates in one transaction every `flush_interval` seconds or
-`flush_batch` events. Memory is bounded by distinct aggregates, not by calls, and by
-`max_pending` while the store fails. A failed flush keeps its aggregates and retries
-with backoff. What a hard crash (SIGKILL, power loss) can lose: the calls of the last
-`flush_interval` seconds.
+`Meter` aggregates per (account, key, action, UTC day): requests admitted, calls charged,
+credits, last use. The runtime's background task writes the aggregates in one
+transaction every `flush_interval` seconds or `flush_batch` events. Memory is bounded
+by distinct aggregates, not by calls, and by `max_pending` while the store fails. A
+failed flush keeps its aggregates and retries with backoff. What a hard crash (SIGKILL,
+power loss) can lose: the calls of the last `flush_interval` seconds.
 """
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from meterware.clock import day_of, midnight
 from meterware.metering import Cost
 from meterware.storage.base import Storage
-from meterware.storage.records import KeyActivity, Rollup, UsageBatch
+from meterware.storage.records import Rollup, UsageBatch
 
 __all__ = ["Meter"]
 
@@ -26,7 +27,11 @@ log = logging.getLogger("meterware")
 
 
 class Meter:
-    """The write-behind ledger: record in memory now, write in batches later."""
+    """The write-behind ledger: record in memory now, write in batches later.
+
+    `on_take` is called each time a flush takes what is pending (with no await between
+    the two), so that whoever counts alongside the ledger knows what the flush carries.
+    """
 
     def __init__(
         self,
@@ -35,15 +40,15 @@ class Meter:
         flush_interval: float = 0.5,
         flush_batch: int = 10_000,
         max_pending: int = 100_000,
+        on_take: Callable[[], None] = lambda: None,
     ) -> None:
         self.store = store
         self.flush_interval = flush_interval
         self.flush_batch = flush_batch
         self.max_pending = max_pending
+        self.on_take = on_take
         self._rollups: dict[tuple[str, str, str, str], Rollup] = {}
-        self._activity: dict[str, KeyActivity] = {}
         self._labels: dict[str, str] = {}
-        self._counts: dict[tuple[str, str], int] = {}
         self._events = 0
         self._dropped = 0
         self._day = ""
@@ -55,7 +60,7 @@ class Meter:
     @property
     def pending(self) -> int:
         """Distinct aggregates waiting to be written."""
-        return len(self._rollups) + len(self._activity) + len(self._counts)
+        return len(self._rollups)
 
     def _today(self, now: float) -> str:
         if now >= self._day_end or now < self._day_end - 86400:
@@ -64,44 +69,41 @@ class Meter:
             self._day_end = midnight(day) + 86400
         return self._day
 
-    def admitted(self, key_id: str | None, now: float) -> None:
-        """Count a request admitted to the host's handler (total_requests, last use).
+    def _rollup(self, account_id: str, key_id: str | None, cost: Cost, now: float) -> Rollup | None:
+        """The pending rollup of this key, action and day (new if need be; None when the
+        buffer is full)."""
+        day = self._today(now)
+        rollup = self._rollups.get((account_id, key_id or "", cost.action, day))
+        if rollup is None:
+            if len(self._rollups) >= self.max_pending:
+                self._drop()
+                return None
+            rollup = Rollup(account_id, key_id or "", cost.action, day, 0, 0)
+            self._rollups[(account_id, key_id or "", cost.action, day)] = rollup
+        return rollup
+
+    def admitted(self, account_id: str, key_id: str | None, cost: Cost, now: float) -> None:
+        """Count a request admitted to the host's handler under `cost.action`.
 
         Each admitted request is one event toward `flush_batch`."""
         self._events += 1
         if self._events >= self.flush_batch:
             self._wakeup.set()
-        if key_id is None:
-            return
-        activity = self._activity.get(key_id)
-        if activity is None:
-            if self.pending >= self.max_pending:
-                return self._drop()
-            self._activity[key_id] = KeyActivity(key_id, 1, now)
-        else:
-            activity.requests += 1
-            activity.last_used_at = now
+        rollup = self._rollup(account_id, key_id, cost, now)
+        if rollup is not None:
+            rollup.requests += 1
+            if rollup.last_used_at is None or now > rollup.last_used_at:
+                rollup.last_used_at = now
 
     def charge(
         self, account_id: str, key_id: str | None, cost: Cost, credits: int, now: float
     ) -> None:
-        """Record a successful call that cost `credits` (> 0) under `cost.action`."""
-        day = self._today(now)
-        rollup = self._rollups.get((account_id, key_id or "", cost.action, day))
-        if rollup is None:
-            if self.pending >= self.max_pending:
-                return self._drop()
-            rollup = Rollup(account_id, key_id or "", cost.action, day, 1, credits)
-            self._rollups[(account_id, key_id or "", cost.action, day)] = rollup
-            self._labels[cost.action] = cost.label
-        else:
+        """Record a successful call, admitted at `now`, that cost `credits` (> 0)."""
+        rollup = self._rollup(account_id, key_id, cost, now)
+        if rollup is not None:
             rollup.calls += 1
             rollup.credits += credits
-
-    def count(self, counter: str, period: str, amount: int) -> None:
-        """Add to a counter that has no limit to enforce (write-behind)."""
-        key = (counter, period)
-        self._counts[key] = self._counts.get(key, 0) + amount
+            self._labels[cost.action] = cost.label  # the credits report shows it
 
     def _drop(self) -> None:
         if self._dropped == 0:
@@ -112,55 +114,48 @@ class Meter:
         self._dropped += 1
 
     def _take(self) -> UsageBatch:
-        batch = UsageBatch(
-            rollups=list(self._rollups.values()),
-            activity=list(self._activity.values()),
-            labels=self._labels,
-            counters=[(c, p, n) for (c, p), n in self._counts.items() if n],
-        )
-        self._rollups, self._activity, self._labels, self._counts = {}, {}, {}, {}
+        self.on_take()
+        batch = UsageBatch(rollups=list(self._rollups.values()), labels=self._labels)
+        self._rollups, self._labels = {}, {}
         self._events = 0
         return batch
 
     def _put_back(self, batch: UsageBatch) -> None:
         for r in batch.rollups:
-            rollup = self._rollups.setdefault(
-                (r.account_id, r.key_id, r.action, r.day),
-                Rollup(r.account_id, r.key_id, r.action, r.day, 0, 0),
-            )
-            rollup.calls += r.calls
-            rollup.credits += r.credits
-        for a in batch.activity:
-            activity = self._activity.setdefault(a.key_id, KeyActivity(a.key_id, 0, a.last_used_at))
-            activity.requests += a.requests
-            activity.last_used_at = max(activity.last_used_at, a.last_used_at)
+            rollup = self._rollups.get((r.account_id, r.key_id, r.action, r.day))
+            if rollup is None:
+                self._rollups[(r.account_id, r.key_id, r.action, r.day)] = r
+            else:
+                rollup.add(r)
         for action, label in batch.labels.items():
             self._labels.setdefault(action, label)
-        for counter, period, amount in batch.counters:
-            self.count(counter, period, amount)
 
-    async def flush(self) -> bool:
-        """Write what is pending in one transaction; on failure keep it and return False."""
+    async def flush(self, after: Callable[[], Awaitable[None]] | None = None) -> bool:
+        """Write what is pending in one transaction; on failure keep it and return False.
+        `after` runs once the write succeeded, before any other flush may start."""
         async with self._lock:
             batch = self._take()
-            if not batch:
-                return True
-            try:
-                await self.store.record(batch)
-            except BaseException as exc:  # cancelled too: the batch must not be lost
-                self._put_back(batch)
-                if not isinstance(exc, Exception):
-                    raise
-                if self.failures == 0:
-                    log.warning("usage flush failed, keeping %d aggregates: %s", self.pending, exc)
-                self.failures += 1
-                return False
-            if self.failures:
-                log.warning("usage flush recovered after %d failed attempts", self.failures)
-                self.failures = 0
-            if self._dropped:
-                log.error("%d usage events were dropped: the buffer was full", self._dropped)
-                self._dropped = 0
+            if batch:
+                try:
+                    await self.store.record(batch)
+                except BaseException as exc:  # cancelled too: the batch must not be lost
+                    self._put_back(batch)
+                    if not isinstance(exc, Exception):
+                        raise
+                    if self.failures == 0:
+                        log.warning(
+                            "usage flush failed, keeping %d aggregates: %s", self.pending, exc
+                        )
+                    self.failures += 1
+                    return False
+                if self.failures:
+                    log.warning("usage flush recovered after %d failed attempts", self.failures)
+                    self.failures = 0
+                if self._dropped:
+                    log.error("%d usage events were dropped: the buffer was full", self._dropped)
+                    self._dropped = 0
+            if after is not None:
+                await after()
             return True
 
     def wake(self) -> None:

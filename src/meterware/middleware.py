@@ -61,7 +61,8 @@ class MeterwareMiddleware:
         website_param: str = "website_id",
         envelope: Envelope | None = None,
         rate_limit_storage: str | None = None,
-        rate_limit_by: Literal["key", "account"] = "key",
+        limit_by: Literal["key", "account"] | None = None,
+        rate_limit_by: Literal["key", "account"] | None = None,
         rate_limit_headers: Iterable[str] = ("x-ratelimit", "ietf"),
         default_cost: int = 0,
         charge: Collection[int] | ChargeRule | None = None,
@@ -80,7 +81,8 @@ class MeterwareMiddleware:
             key_headers=key_headers, bearer=bearer, key_prefix=key_prefix, pepper=pepper,
             key_refresh=key_refresh, exempt_paths=exempt_paths, website_param=website_param,
             envelope=envelope, rate_limit_storage=rate_limit_storage,
-            rate_limit_by=rate_limit_by, rate_limit_headers=rate_limit_headers,
+            limit_by=limit_by, rate_limit_by=rate_limit_by,
+            rate_limit_headers=rate_limit_headers,
             default_cost=default_cost, charge=charge, usage_path=usage_path,
             usage_format=usage_format, flush_interval=flush_interval, flush_batch=flush_batch,
             max_pending=max_pending, quota_block=quota_block, lease_idle=lease_idle,
@@ -126,17 +128,17 @@ class MeterwareMiddleware:
             and site is not None
             and str(site) != caller.website_id
         ):
-            denial = Denial(responses.FORBIDDEN_SITE, rt.admission.headers(plan, None, now))
+            denial = Denial(responses.FORBIDDEN_SITE, rt.admission.headers(plan, now))
             return await self._deny(send, denial, now)
         call = Call(caller, rt)
         scope[SCOPE_KEY] = call
         scope.setdefault("state", {})["meterware"] = caller
 
         if path == rt.settings.usage_path or isinstance(route.endpoint, UsageApp):
-            minute = await rt.admission.rate_limit(plan, now)
-            if isinstance(minute, Denial):
-                return await self._deny(send, minute, now)
-            call.headers = rt.admission.headers(plan, minute, now)
+            limited = await rt.admission.rate_limit(plan, now)
+            if limited is not None:
+                return await self._deny(send, limited, now)
+            call.headers = rt.admission.headers(plan, now)
             usage = route.endpoint if isinstance(route.endpoint, UsageApp) else self.usage_app
             return await usage(scope, receive, send)
 

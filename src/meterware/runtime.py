@@ -30,19 +30,20 @@ from meterware.clock import Clock
 from meterware.config import Settings
 from meterware.errors import ConfigurationError, StorageError
 from meterware.keys import Caller, KeyCache, KeyExtractor, KeyResolver, SecretHasher
+from meterware.leases import Leases
 from meterware.ledger import Meter
 from meterware.metering import Cost, RouteCosts, check_credits
-from meterware.quota import QuotaCounter, QuotaStatus, quota_status
+from meterware.reported import MonthViews, QuotaStatus, Subject, quota_status
 from meterware.responses import Denial, Headers, RateLimitHeaders
 from meterware.storage import Storage, storage_from_url
 from meterware.tiers import TierTable
-from meterware.windows import windows_from
+from meterware.windows import WINDOW, window_store
 
 __all__ = ["Call", "Runtime", "get_caller", "set_cost"]
 
 log = logging.getLogger("meterware")
 
-UPKEEP_EVERY = 5.0  # seconds between background upkeep runs (at most lease_idle / 4)
+UPKEEP_EVERY = 1.0  # seconds between background upkeep runs (idle leases, ended windows)
 
 
 class Runtime:
@@ -72,35 +73,36 @@ class Runtime:
         self.keys = KeyCache(self.store, self.hasher) if resolver is None else None
         self.host_resolver = resolver
         self.costs = RouteCosts(settings.default_cost, routes_of=routes_of)
+        self.views = MonthViews(refresh=settings.key_refresh)
         self.meter = Meter(
             self.store,
             flush_interval=settings.flush_interval,
             flush_batch=settings.flush_batch,
             max_pending=settings.max_pending,
+            on_take=self.views.mark,
         )
-        self.quota = QuotaCounter(
-            self.store,
-            max_block=settings.quota_block,
-            lease_idle=settings.lease_idle,
-            defer=self.meter.count,
-        )
-        self.windows = windows_from(
-            settings.rate_limit_storage, fail_open="rate_limit" in settings.fail_open
+        self.leases = Leases(self.store, max_block=settings.quota_block)
+        windows = window_store(settings.rate_limit_storage, self.store)
+        self.minutes = (
+            self.leases
+            if windows is self.store
+            else Leases(windows, max_block=settings.quota_block)
         )
         self.admission = Admission(
-            self.windows,
-            self.quota,
+            self.minutes,
+            self.leases,
             self.meter,
-            RateLimitHeaders(settings.rate_limit_headers, window=self.windows.window),
+            self.views,
+            RateLimitHeaders(settings.rate_limit_headers, window=WINDOW),
             fail_open=settings.fail_open,
             charge=settings.charge,
+            lease_idle=settings.lease_idle,
         )
         self._plans: dict[int, Plan] = {}
         self._started = False
         self._starting = asyncio.Lock()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
-        self._next_sweep = 0.0
 
     # -- the request path --------------------------------------------------------------
 
@@ -135,7 +137,7 @@ class Runtime:
         if len(self._plans) >= 100_000:
             self._plans.clear()
         plan = self._plans[id(caller)] = Plan(
-            caller, limits, by_account=self.settings.rate_limit_by == "account"
+            caller, limits, limit_by=self.settings.limit_by, minute_by=self.settings.minute_by
         )
         return plan
 
@@ -148,13 +150,11 @@ class Runtime:
     async def quota_status(self, caller: Caller, now: float) -> QuotaStatus:
         """The caller's monthly numbers, this process's pending usage written first."""
         await self.meter.flush()
+        plan = self.plan(caller)
+        limits = self.tiers.limits_for(caller)
+        subject = plan.subject if isinstance(plan, Plan) else Subject(caller.account_id, None)
         return await quota_status(
-            self.store,
-            subject=caller.subject,
-            key_id=caller.key_id,
-            limits=self.tiers.limits_for(caller),
-            now=now,
-            counter=self.quota,
+            self.store, subject=subject, key_id=caller.key_id, limits=limits, now=now
         )
 
     # -- lifecycle ---------------------------------------------------------------------
@@ -219,11 +219,11 @@ class Runtime:
             log.error(
                 "usage could not be written at shutdown: %d aggregates lost", self.meter.pending
             )
-        try:
-            await self.quota.release_all()
-        except StorageError as exc:
-            log.warning("could not return unused quota at shutdown: %s", exc)
-        await self.windows.close()
+        for leases in {self.leases, self.minutes}:
+            try:
+                await leases.release_all()
+            except StorageError as exc:
+                log.warning("could not return unused quota at shutdown: %s", exc)
         if self._owns_store:
             await self.store.close()
 
@@ -238,20 +238,24 @@ class Runtime:
             await self.keys.poll()
 
     async def upkeep(self) -> None:
-        """Return idle quota leases; forget per-minute windows that have ended."""
+        """Return idle leases, forget those whose window ended."""
         now = self.clock()
-        await self.quota.release_idle(now)
-        if now >= self._next_sweep or now < self._next_sweep - 60:
-            self._next_sweep = now + 60
-            self.windows.sweep(now)
+        for leases in {self.leases, self.minutes}:
+            await leases.release_idle(now)
 
     async def _flushing(self) -> None:
         while not self._stopping:
             await self.meter.wait()
             if self._stopping:
                 return
-            if await self.meter.flush():
+            if await self.meter.flush(after=self._read_views):
                 self.admission.outages.recovered("storage")
+
+    async def _read_views(self) -> None:
+        try:
+            await self.views.read(self.store, self.clock())
+        except StorageError as exc:
+            log.debug("could not read the month's counts: %s", exc)
 
     async def _every(self, interval: float, job: Callable[[], Awaitable[None]]) -> None:
         while True:

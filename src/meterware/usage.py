@@ -107,6 +107,8 @@ class UsageApp:
         by_day: dict[str, list[int]] = {}
         total_calls = total_credits = 0
         for row in rows:
+            if not row.calls:  # requests that cost nothing are not in this report
+                continue
             entry = by_endpoint.setdefault(
                 row.action, {"calls": 0, "credits": 0, "label": labels.get(row.action, row.action)}
             )

@@ -1,158 +1,178 @@
-"""Per-minute rate limits: fixed windows of 60 s per subject (a key, or an account).
+"""Where per-minute windows live (`rate_limit_storage`), as counter stores for the lease
+engine (`meterware.leases`).
 
-A window starts at the subject's first hit, the algorithm of `limits`'
-`FixedWindowRateLimiter`. At most `limit` requests are admitted in a window; across a
-window edge a client can send up to 2 × `limit` within a short time (the known burst of
-fixed windows).
+A window is 60 s long and starts at its subject's first request (the algorithm of
+`limits`' fixed window): a store keeps one window per counter, and the first
+reservation after it ends starts the next one. Every process sharing the store shares
+the window: its end is the store's, never a process's own guess.
 
-- `LocalWindows` (the default) keeps one small entry per active subject in process: O(1)
-  per request, no I/O, per process.
-- `SharedWindows` keeps them in a `limits` async storage (`async+redis://…`), shared by
-  every process: one round trip per request. When that storage fails, requests pass
-  (fail open) or get `StorageUnavailable` (fail closed), and a warning is logged once per
-  outage.
+- None (the default): in the main store (SQLite, PostgreSQL), shared by every process
+  using it;
+- `async+redis://…` (`rediss`, `valkey`): in Redis, one Lua script per reservation,
+  shared by every process;
+- another `limits` async URI (`async+memcached://`, `async+mongodb://`,
+  `async+memory://`): in that storage, through `limits`' atomic increment;
+- `local://`: in this process only (each process has its own windows).
+
+Redis connections (URIs, TLS, sentinel, cluster) are made by the `limits` package.
 """
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Any
 
-from meterware.errors import ConfigurationError, StorageUnavailable
+from meterware.errors import ConfigurationError, StorageError, StorageUnavailable
+from meterware.leases import CounterStore
+from meterware.storage.memory import LocalCounters
+from meterware.storage.records import Claim, Grant
 
-__all__ = ["LocalWindows", "MinuteResult", "SharedWindows", "Windows", "windows_from"]
-
-log = logging.getLogger("meterware")
+__all__ = ["WINDOW", "LimitsCounters", "LocalCounters", "RedisCounters", "window_store"]
 
 WINDOW = 60
 
 
-@dataclass(slots=True)
-class MinuteResult:
-    """The outcome of one hit on a per-minute window."""
-
-    allowed: bool
-    remaining: int
-    reset_at: float
-
-
-class LocalWindows:
-    """In-process fixed windows: a dict of `[window_end, count]`, O(1) per hit."""
-
-    window = WINDOW
-
-    def __init__(self) -> None:
-        self._windows: dict[str, list[float]] = {}
-
-    def __len__(self) -> int:
-        return len(self._windows)
-
-    async def hit(self, subject: str, limit: int, now: float) -> MinuteResult:
-        """Count one request of `subject` at `now` if the window has room."""
-        entry = self._windows.get(subject)
-        if entry is None or now >= entry[0]:
-            entry = self._windows[subject] = [now + self.window, 0]
-        if entry[1] >= limit:
-            return MinuteResult(False, 0, entry[0])
-        entry[1] += 1
-        return MinuteResult(True, limit - int(entry[1]), entry[0])
-
-    def peek(self, subject: str, limit: int, now: float) -> MinuteResult:
-        """The window's state at `now` without counting a hit."""
-        entry = self._windows.get(subject)
-        if entry is None or now >= entry[0]:
-            return MinuteResult(True, limit, now + self.window)
-        return MinuteResult(entry[1] < limit, max(0, limit - int(entry[1])), entry[0])
-
-    def sweep(self, now: float) -> int:
-        """Forget windows that have ended; how many were dropped."""
-        ended = [s for s, e in self._windows.items() if now >= e[0]]
-        for subject in ended:
-            del self._windows[subject]
-        return len(ended)
-
-    async def close(self) -> None:
-        self._windows.clear()
+# The window's end is kept as the string the caller sent, so that the float it returns
+# is exactly the one it gave (Lua's numbers print with 14 digits).
+_RESERVE = """
+local now = tonumber(ARGV[1])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local at = 1 + (i - 1) * 3
+  local want, limit, fresh = tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2]), ARGV[at + 3]
+  local window = redis.call('HMGET', key, 'end', 'count')
+  local ends, count = window[1], tonumber(window[2])
+  if not ends or tonumber(ends) <= now then ends, count = fresh, 0 end
+  local granted = math.max(0, math.min(want, limit - count))
+  count = count + granted
+  redis.call('HSET', key, 'end', ends, 'count', count)
+  redis.call('PEXPIREAT', key, math.ceil(tonumber(ends) * 1000) + 60000)
+  out[#out + 1] = granted
+  out[#out + 1] = count
+  out[#out + 1] = ends
+end
+return out
+"""
+_RELEASE = """
+if redis.call('HGET', KEYS[1], 'end') == ARGV[1] then
+  local count = tonumber(redis.call('HGET', KEYS[1], 'count')) - tonumber(ARGV[2])
+  redis.call('HSET', KEYS[1], 'count', math.max(0, count))
+end
+return 0
+"""
 
 
-class SharedWindows:
-    """Fixed windows in a `limits` async storage (`async+redis://…`), shared by processes.
+class RedisCounters:
+    """Windows in Redis: one hash per counter (`end`, `count`), reserved by a Lua script
+    in one round trip; a window's key expires a minute after the window."""
 
-    One round trip per request (`incr`); the window's end is learnt from the first hit or,
-    when another process opened the window, from one `get_expiry`, then cached.
-    """
-
-    window = WINDOW
-
-    def __init__(self, uri: str, *, fail_open: bool = True) -> None:
-        from limits.aio.storage import Storage as LimitsAsyncStorage
-        from limits.errors import ConfigurationError as LimitsConfigurationError
-        from limits.storage import storage_from_string
-
-        wrong = (
-            f"rate_limit_storage must be an async limits storage, such as "
-            f"'async+redis://host:6379' or 'async+memory://', not {uri.split('://')[0]}://"
+    def __init__(self, uri: str) -> None:
+        storage = _limits_storage(uri)
+        bridge = getattr(storage, "bridge", None)
+        if bridge is None or not hasattr(bridge, "get_connection"):
+            raise ConfigurationError(f"rate_limit_storage {uri.split('://')[0]}:// is not Redis")
+        self.limits = storage
+        client = bridge.get_connection()
+        self._reserve = client.register_script(_RESERVE)
+        self._release = client.register_script(_RELEASE)
+        self._errors: tuple[type[BaseException], ...] = (
+            *_as_tuple(storage.base_exceptions),
+            OSError,
         )
-        if not uri.startswith("async+"):
-            raise ConfigurationError(wrong)
-        try:
-            storage = storage_from_string(uri)
-        except LimitsConfigurationError as exc:
-            raise ConfigurationError(f"rate_limit_storage: {exc}") from None
-        if not isinstance(storage, LimitsAsyncStorage):
-            raise ConfigurationError(wrong)
-        self.storage = storage
-        self.fail_open = fail_open
-        self._resets: dict[str, float] = {}
-        self._failing = False
 
-    def __len__(self) -> int:
-        return len(self._resets)
-
-    async def hit(self, subject: str, limit: int, now: float) -> MinuteResult:
-        """Count one request of `subject` at `now` in the shared window."""
-        key = f"meterware/minute/{subject}"
+    async def reserve(self, claims: Sequence[Claim], now: float) -> list[Grant]:
+        args: list[Any] = [repr(now)]
+        for c in claims:
+            args += (c.want, c.limit, repr(c.window_end))
         try:
-            count = await self.storage.incr(key, self.window)
-            reset_at = self._resets.get(subject)
-            if count == 1 or reset_at is None or reset_at <= now:
-                if count == 1:
-                    reset_at = now + self.window
-                else:
-                    reset_at = now + max(0.0, await self.storage.get_expiry(key) - now)
-                self._resets[subject] = reset_at
-        except Exception as exc:
-            if not self._failing:
-                self._failing = True
-                what = "admitting requests" if self.fail_open else "refusing requests"
-                log.warning("rate limit storage failed, %s: %s", what, exc)
-            if not self.fail_open:
+            out = await self._reserve(keys=[_key(c.counter) for c in claims], args=args)
+        except self._errors as exc:
+            raise StorageUnavailable(f"rate limit storage: {type(exc).__name__}: {exc}") from exc
+        return [
+            Grant(int(out[i]), int(out[i + 1]), float(_text(out[i + 2])))
+            for i in range(0, len(out), 3)
+        ]
+
+    async def release(self, counter: str, window_end: float, amount: int) -> None:
+        try:
+            await self._release(keys=[_key(counter)], args=[repr(window_end), amount])
+        except self._errors as exc:
+            raise StorageUnavailable(f"rate limit storage: {type(exc).__name__}: {exc}") from exc
+
+
+class LimitsCounters:
+    """Windows in any `limits` async storage, through its atomic increment: a block of
+    `want` units is one increment by `want`, of which only what fits under the limit is
+    granted. Unused units are not returned (the storage cannot take them back); they
+    end with their window."""
+
+    def __init__(self, uri: str) -> None:
+        self.storage = _limits_storage(uri)
+        self._ends: dict[str, float] = {}
+
+    async def reserve(self, claims: Sequence[Claim], now: float) -> list[Grant]:
+        grants = []
+        for c in claims:
+            key = f"meterware/{c.counter}"
+            try:
+                count = await self.storage.incr(key, WINDOW, amount=c.want)
+                end = self._ends.get(c.counter, 0.0)
+                if count == c.want or end <= now:  # a new window, or one we have not seen
+                    end = now + WINDOW if count == c.want else await self._end(key, now)
+                    self._ends[c.counter] = end
+            except StorageError:
+                raise
+            except Exception as exc:
                 raise StorageUnavailable(f"rate limit storage: {exc}") from exc
-            return MinuteResult(True, limit, now + self.window)
-        if self._failing:
-            self._failing = False
-            log.warning("rate limit storage is back")
-        return MinuteResult(count <= limit, max(0, limit - count), reset_at)
+            granted = max(0, min(c.want, c.limit - (count - c.want)))
+            grants.append(Grant(granted, min(count, c.limit), end))
+        return grants
 
-    def peek(self, subject: str, limit: int, now: float) -> MinuteResult:
-        """What this process last saw of the window (no round trip)."""
-        return MinuteResult(True, limit, self._resets.get(subject, now + self.window))
+    async def _end(self, key: str, now: float) -> float:
+        return max(now, float(await self.storage.get_expiry(key)))
 
-    def sweep(self, now: float) -> int:
-        ended = [s for s, r in self._resets.items() if r <= now]
-        for subject in ended:
-            del self._resets[subject]
-        return len(ended)
-
-    async def close(self) -> None:
-        self._resets.clear()
+    async def release(self, counter: str, window_end: float, amount: int) -> None:
+        return None
 
 
-Windows = LocalWindows | SharedWindows
+def window_store(uri: str | None, main: CounterStore) -> CounterStore:
+    """The counter store of per-minute windows for a `rate_limit_storage` setting."""
+    if uri is None or uri == "":
+        return main
+    if uri in ("local://", "memory://"):
+        return LocalCounters()
+    if uri.startswith(("async+redis", "async+valkey")):
+        return RedisCounters(uri)
+    return LimitsCounters(uri)
 
 
-def windows_from(uri: str | None, *, fail_open: bool = True) -> Windows:
-    """The per-minute windows for a `rate_limit_storage` setting (None: in process)."""
-    if uri is None or uri in ("", "memory://", "local://"):
-        return LocalWindows()
-    return SharedWindows(uri, fail_open=fail_open)
+def _limits_storage(uri: str) -> Any:
+    from limits.aio.storage import Storage as LimitsAsyncStorage
+    from limits.errors import ConfigurationError as LimitsConfigurationError
+    from limits.storage import storage_from_string
+
+    wrong = (
+        "rate_limit_storage must be local://, or an async limits storage such as "
+        f"'async+redis://host:6379', not {uri.split('://')[0]}://"
+    )
+    if not uri.startswith("async+"):
+        raise ConfigurationError(wrong)
+    try:
+        storage = storage_from_string(uri)
+    except LimitsConfigurationError as exc:
+        raise ConfigurationError(f"rate_limit_storage: {exc}") from None
+    if not isinstance(storage, LimitsAsyncStorage):
+        raise ConfigurationError(wrong)
+    return storage
+
+
+def _key(counter: str) -> str:
+    return f"meterware:{counter}"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _as_tuple(errors: Any) -> tuple[type[BaseException], ...]:
+    return tuple(errors) if isinstance(errors, tuple) else (errors,)

@@ -18,8 +18,7 @@ from meterware.cli.output import (
     table,
 )
 from meterware.clock import isoformat_ms
-from meterware.keys import PERMISSIONS, Caller
-from meterware.quota import quota_status
+from meterware.keys import PERMISSIONS
 
 Output = tuple[Any, str]  # (what --json prints, what people read)
 
@@ -51,14 +50,7 @@ async def _list(args: argparse.Namespace, admin: Admin, now: float) -> Output:
 
 async def _show(args: argparse.Namespace, admin: Admin, now: float) -> Output:
     key = await admin.get_key(args.id)
-    limits = admin.tiers.limits_for(Caller.from_key(key))
-    status = await quota_status(
-        admin.store,
-        subject=key.id,
-        key_id=key.id,
-        limits=limits,
-        now=now,
-    )
+    status = await admin.key_status(key.id)
     quota = status.as_dict(isoformat_ms)
     rows = [
         *key_rows(key, now),

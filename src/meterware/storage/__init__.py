@@ -15,7 +15,8 @@ from typing import Any
 from meterware.errors import ConfigurationError
 from meterware.storage.base import Storage, Transferable, redact
 from meterware.storage.records import (
-    KeyActivity,
+    Claim,
+    Grant,
     KeyTotals,
     Rollup,
     Snapshot,
@@ -24,7 +25,8 @@ from meterware.storage.records import (
 )
 
 __all__ = [
-    "KeyActivity",
+    "Claim",
+    "Grant",
     "KeyTotals",
     "Rollup",
     "Snapshot",

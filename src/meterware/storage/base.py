@@ -1,11 +1,13 @@
 """The storage contract that every backend implements.
 
-A store keeps accounts, keys (by the hash of their secret, never the secret), quota
-counters, and the usage ledger (daily rollups per key and action, lifetime totals per key).
+A store keeps accounts, keys (by the hash of their secret, never the secret), counters,
+and the usage ledger: rollups per key, action and UTC day (requests admitted, calls
+charged, credits, last use), from which every total is summed.
 
-Counters are what makes quotas exact. `reserve` is the one atomic operation they need:
-take up to `want` units without ever passing `limit`, and say how many were granted. The
-middleware reserves small blocks ahead and hands them out without I/O (`meterware.quota`).
+Counters are what makes limits exact. `reserve` is the one atomic operation they need:
+take up to `want` units of a counter's current window without ever passing `limit`, for
+several counters in one round trip, and say how many were granted. The admission engine
+(`meterware.leases`) reserves small blocks ahead and hands them out without I/O.
 
 Optional capabilities are mixins a backend adds (in the spirit of `limits`' storage
 capabilities): `Transferable` reads a whole store at once, for `meterware copy`.
@@ -18,19 +20,21 @@ import functools
 import inspect
 import re
 import warnings
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 from meterware.errors import InvalidValue, StorageError, StorageUnavailable
 from meterware.keys import ApiKey
-from meterware.storage.records import KeyTotals, Snapshot, UsageBatch, UsageRow
+from meterware.storage.records import Claim, Grant, KeyTotals, Snapshot, UsageBatch, UsageRow
 
 _F = TypeVar("_F", bound=Callable[..., Coroutine[Any, Any, Any]])
 
 __all__ = ["Storage", "Transferable", "check_updatable", "redact", "retiring"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+
+FIRST_DAY, LAST_DAY = "0000-01-01", "9999-12-31"  # bounds of every UTC day
 
 UPDATABLE_KEY_FIELDS = frozenset({
     "name", "tier", "permission", "website_id", "expires_at", "revoked_at",
@@ -167,44 +171,67 @@ class Storage(abc.ABC):
     # -- counters --------------------------------------------------------------------
 
     @abc.abstractmethod
-    async def reserve(self, subject: str, period: str, want: int, limit: int) -> tuple[int, int]:
-        """Atomically add `min(want, limit - count)` (at least 0) to a counter.
+    async def reserve(self, claims: Sequence[Claim], now: float) -> list[Grant]:
+        """Take units of several counters atomically, in one round trip: one grant per
+        claim, in order (the claims name distinct counters).
 
-        Returns `(granted, count)` with the counter's value after the change. Two callers
-        racing for the last units never get more than `limit` between them.
+        For each claim: when the counter has no window live at `now` (none yet, or it
+        ended at or before `now`), a new one starts with count 0, ending at
+        `claim.window_end`; then `min(want, limit - count)` units (at least 0) are
+        added. Two callers racing for the last units never get more than `limit`
+        between them.
         """
 
     @abc.abstractmethod
-    async def release(self, subject: str, period: str, amount: int) -> None:
-        """Give back units reserved and not used (the count never goes below 0)."""
+    async def release(self, counter: str, window_end: float, amount: int) -> None:
+        """Give back units reserved and not used, if the counter is still in the window
+        that ends at `window_end` (the count never goes below 0)."""
 
     @abc.abstractmethod
-    async def add(self, subject: str, period: str, amount: int) -> int:
-        """Add to a counter with no limit; the new count."""
-
-    @abc.abstractmethod
-    async def counter(self, subject: str, period: str) -> int:
-        """A counter's value (0 if it was never touched)."""
+    async def counter(self, counter: str, now: float) -> int:
+        """The count of the counter's window live at `now` (0 if none)."""
 
     # -- usage ledger ----------------------------------------------------------------
 
     @abc.abstractmethod
     async def record(self, batch: UsageBatch) -> None:
-        """Write a flush's rollups, key activity and labels in one transaction."""
+        """Add a flush's rollups to the stored ones and set its labels, in one
+        transaction (a rollup's last use is the later of the two)."""
 
     @abc.abstractmethod
     async def usage(
         self, *, account_id: str, key_id: str | None, first_day: str, last_day: str
     ) -> list[UsageRow]:
-        """Daily rollups between two days inclusive, of one key or (key_id None) an account."""
+        """Rollups between two days inclusive, summed by day and action (ordered so), of
+        one key or (`key_id` None) of every key of an account."""
 
     @abc.abstractmethod
-    async def key_totals(self, key_id: str) -> KeyTotals:
-        """A key's lifetime requests, calls, credits and last use."""
+    async def totals(
+        self,
+        *,
+        account_id: str,
+        key_id: str | None,
+        first_day: str = FIRST_DAY,
+        last_day: str = LAST_DAY,
+    ) -> KeyTotals:
+        """Rollups between two days inclusive summed up, of one key or (`key_id` None) of
+        every key of an account."""
+
+    @abc.abstractmethod
+    async def requests_since(self, subjects: Sequence[tuple[str, str | None, str]]) -> list[int]:
+        """For each `(account_id, key_id, first_day)`, the requests admitted from that day
+        on (`key_id` None: every key of the account), in one round trip."""
 
     @abc.abstractmethod
     async def labels(self) -> dict[str, str]:
         """The display label last recorded for each action."""
+
+    async def key_totals(self, key_id: str) -> KeyTotals:
+        """A key's lifetime requests, calls, credits and last use."""
+        key = await self.get_key(key_id)
+        if key is None:
+            return KeyTotals()
+        return await self.totals(account_id=key.account_id, key_id=key.id)
 
 
 class Transferable(abc.ABC):

@@ -4,14 +4,31 @@ forget everything on restart."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from meterware.errors import StorageError
 from meterware.keys import ApiKey
-from meterware.storage.base import SCHEMA_VERSION, Storage, Transferable, check_updatable, retiring
-from meterware.storage.records import KeyTotals, Snapshot, UsageBatch, UsageRow
+from meterware.storage.base import (
+    FIRST_DAY,
+    LAST_DAY,
+    SCHEMA_VERSION,
+    Storage,
+    Transferable,
+    check_updatable,
+    retiring,
+)
+from meterware.storage.records import (
+    Claim,
+    Grant,
+    KeyTotals,
+    Rollup,
+    Snapshot,
+    UsageBatch,
+    UsageRow,
+)
 
-__all__ = ["MemoryStorage"]
+__all__ = ["LocalCounters", "MemoryStorage"]
 
 
 class MemoryStorage(Storage, Transferable):
@@ -24,9 +41,8 @@ class MemoryStorage(Storage, Transferable):
         self._versions: dict[str, int] = {}
         self._seq = 0
         self._secrets: dict[str, tuple[str, float | None]] = {}
-        self._counters: dict[tuple[str, str], int] = {}
-        self._daily: dict[tuple[str, str, str, str], list[int]] = {}
-        self._totals: dict[str, KeyTotals] = {}
+        self._counters = LocalCounters()
+        self._daily: dict[tuple[str, str, str, str], Rollup] = {}
         self._labels: dict[str, str] = {}
 
     async def open(self) -> None:
@@ -65,8 +81,8 @@ class MemoryStorage(Storage, Transferable):
         key = self._keys.get(key_id)
         if key is None:
             return None
-        totals = self._totals.get(key_id)
-        return key if totals is None else key.with_changes(last_used_at=totals.last_used_at)
+        last = (await self.totals(account_id=key.account_id, key_id=key_id)).last_used_at
+        return key if last is None else key.with_changes(last_used_at=last)
 
     async def find_key(self, secret_hash: str, now: float) -> ApiKey | None:
         found = self._secrets.get(secret_hash)
@@ -104,60 +120,62 @@ class MemoryStorage(Storage, Transferable):
     async def key_tiers(self) -> set[str]:
         return {key.tier for key in self._keys.values()}
 
-    async def reserve(self, subject: str, period: str, want: int, limit: int) -> tuple[int, int]:
-        count = self._counters.get((subject, period), 0)
-        granted = min(want, max(0, limit - count))
-        self._counters[(subject, period)] = count + granted
-        return granted, count + granted
+    async def reserve(self, claims: Sequence[Claim], now: float) -> list[Grant]:
+        return await self._counters.reserve(claims, now)
 
-    async def release(self, subject: str, period: str, amount: int) -> None:
-        count = self._counters.get((subject, period), 0)
-        self._counters[(subject, period)] = max(0, count - amount)
+    async def release(self, counter: str, window_end: float, amount: int) -> None:
+        await self._counters.release(counter, window_end, amount)
 
-    async def add(self, subject: str, period: str, amount: int) -> int:
-        count = self._counters.get((subject, period), 0) + amount
-        self._counters[(subject, period)] = count
-        return count
-
-    async def counter(self, subject: str, period: str) -> int:
-        return self._counters.get((subject, period), 0)
+    async def counter(self, counter: str, now: float) -> int:
+        return self._counters.count(counter, now)
 
     async def record(self, batch: UsageBatch) -> None:
         for r in batch.rollups:
             # Keyed by account too: account-level rollups (key_id "") of two accounts
             # must not share a row.
-            row = self._daily.setdefault((r.account_id, r.key_id, r.action, r.day), [0, 0])
-            row[0] += r.calls
-            row[1] += r.credits
-        for key_id, add in batch.key_totals().items():
-            t = self._totals.get(key_id)
-            if t is None:
-                self._totals[key_id] = add
-                continue
-            t.requests += add.requests
-            t.calls += add.calls
-            t.credits += add.credits
-            if t.last_used_at is None or (add.last_used_at or 0) > t.last_used_at:
-                t.last_used_at = add.last_used_at
-        for subject, period, amount in batch.counters:
-            self._counters[(subject, period)] = self._counters.get((subject, period), 0) + amount
+            row = self._daily.get((r.account_id, r.key_id, r.action, r.day))
+            if row is None:
+                self._daily[(r.account_id, r.key_id, r.action, r.day)] = dataclasses.replace(r)
+            else:
+                row.add(r)
         self._labels.update(batch.labels)
+
+    def _rows(self, account_id: str, key_id: str | None, first: str, last: str) -> list[Rollup]:
+        return [
+            r
+            for (aid, kid, _, day), r in self._daily.items()
+            if aid == account_id and (key_id is None or kid == key_id) and first <= day <= last
+        ]
 
     async def usage(
         self, *, account_id: str, key_id: str | None, first_day: str, last_day: str
     ) -> list[UsageRow]:
-        sums: dict[tuple[str, str], list[int]] = {}
-        for (aid, kid, action, day), row in self._daily.items():
-            mine = aid == account_id and (key_id is None or kid == key_id)
-            if mine and first_day <= day <= last_day:
-                total = sums.setdefault((day, action), [0, 0])
-                total[0] += row[0]
-                total[1] += row[1]
-        return [UsageRow(d, a, c, cr) for (d, a), (c, cr) in sorted(sums.items())]
+        sums: dict[tuple[str, str], UsageRow] = {}
+        for r in self._rows(account_id, key_id, first_day, last_day):
+            row = sums.setdefault((r.day, r.action), UsageRow(r.day, r.action, 0, 0))
+            row.calls += r.calls
+            row.credits += r.credits
+            row.requests += r.requests
+        return [sums[k] for k in sorted(sums)]
 
-    async def key_totals(self, key_id: str) -> KeyTotals:
-        t = self._totals.get(key_id)
-        return KeyTotals() if t is None else dataclasses.replace(t)  # a copy: callers may change it
+    async def totals(
+        self,
+        *,
+        account_id: str,
+        key_id: str | None,
+        first_day: str = FIRST_DAY,
+        last_day: str = LAST_DAY,
+    ) -> KeyTotals:
+        total = Rollup(account_id, key_id or "", "", "", 0, 0)
+        for r in self._rows(account_id, key_id, first_day, last_day):
+            total.add(r)
+        return KeyTotals(total.requests, total.calls, total.credits, total.last_used_at)
+
+    async def requests_since(self, subjects: Sequence[tuple[str, str | None, str]]) -> list[int]:
+        return [
+            sum(r.requests for r in self._rows(account_id, key_id, first_day, LAST_DAY))
+            for account_id, key_id, first_day in subjects
+        ]
 
     async def labels(self) -> dict[str, str]:
         return dict(self._labels)
@@ -165,20 +183,50 @@ class MemoryStorage(Storage, Transferable):
     # -- Transferable ------------------------------------------------------------------
 
     async def dump(self) -> Snapshot:
-        snap = Snapshot(accounts=dict(self._accounts), labels=dict(self._labels))
-        for key_id, key in self._keys.items():
-            snap.keys[key_id] = dataclasses.replace(key, last_used_at=None)
-            totals = self._totals.get(key_id)
-            if totals is None:  # never used: the key's own field is its last use, as get_key
-                totals = KeyTotals(last_used_at=key.last_used_at)
-            snap.totals[key_id] = dataclasses.replace(totals)  # a copy: updated in place
-        snap.secrets = dict(self._secrets)
-        snap.counters = dict(self._counters)
-        snap.rollups = {k: (v[0], v[1]) for k, v in self._daily.items()}
-        return snap
+        return Snapshot(
+            accounts=dict(self._accounts),
+            keys={k: dataclasses.replace(key, last_used_at=None) for k, key in self._keys.items()},
+            secrets=dict(self._secrets),
+            counters={name: (end, int(count)) for name, (end, count) in self._counters},
+            rollups={k: dataclasses.replace(r) for k, r in self._daily.items()},
+            labels=dict(self._labels),
+        )
 
     def location(self) -> str:
         return f"memory:{id(self)}"
 
     async def exists(self) -> bool:
         return True
+
+
+class LocalCounters:
+    """Counters with windows in a dict: for one process (and the in-memory store)."""
+
+    def __init__(self) -> None:
+        self._windows: dict[str, list[float]] = {}  # counter -> [window end, count]
+
+    def __len__(self) -> int:
+        return len(self._windows)
+
+    def __iter__(self) -> Iterator[tuple[str, list[float]]]:
+        return iter(self._windows.items())
+
+    async def reserve(self, claims: Sequence[Claim], now: float) -> list[Grant]:
+        grants = []
+        for claim in claims:
+            window = self._windows.get(claim.counter)
+            if window is None or window[0] <= now:
+                window = self._windows[claim.counter] = [claim.window_end, 0]
+            granted = min(claim.want, max(0, claim.limit - int(window[1])))
+            window[1] += granted
+            grants.append(Grant(granted, int(window[1]), window[0]))
+        return grants
+
+    async def release(self, counter: str, window_end: float, amount: int) -> None:
+        window = self._windows.get(counter)
+        if window is not None and window[0] == window_end:
+            window[1] = max(0, window[1] - amount)
+
+    def count(self, counter: str, now: float) -> int:
+        window = self._windows.get(counter)
+        return 0 if window is None or window[0] <= now else int(window[1])

@@ -9,8 +9,11 @@ one transaction (`create_key`, `update_key`, `add_secret`, `record`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import re
+import time
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -19,6 +22,8 @@ import asyncpg
 from meterware.errors import ConfigurationError, StorageError
 from meterware.keys import ApiKey
 from meterware.storage.base import (
+    FIRST_DAY,
+    LAST_DAY,
     SCHEMA_VERSION,
     Storage,
     Transferable,
@@ -26,9 +31,17 @@ from meterware.storage.base import (
     redact,
     retiring,
 )
-from meterware.storage.postgres_sql import MIGRATIONS, Queries
-from meterware.storage.records import KeyTotals, Snapshot, UsageBatch, UsageRow
-from meterware.storage.sql import KEY_FIELDS, dump_queries, key_values, snapshot_of
+from meterware.storage.postgres_sql import FINISH_V2, MIGRATIONS, V1_COUNTERS, V1_KEYS, Queries
+from meterware.storage.records import (
+    Claim,
+    Grant,
+    KeyTotals,
+    Rollup,
+    Snapshot,
+    UsageBatch,
+    UsageRow,
+)
+from meterware.storage.sql import V1Key, dump_queries, key_values, snapshot_of, v1_to_v2
 
 __all__ = ["PostgresStorage"]
 
@@ -141,12 +154,28 @@ class PostgresStorage(Storage, Transferable):
             for step in range(version + 1, SCHEMA_VERSION + 1):
                 for statement in MIGRATIONS[step]:
                     await conn.execute(statement.format(s=s))
+                if step == 2:
+                    await self._move_v1_rows(conn)
             if version < SCHEMA_VERSION:
                 await conn.execute(
                     f"INSERT INTO {s}.meta (name, value) VALUES ('schema_version', $1) "
                     "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
                     SCHEMA_VERSION,
                 )
+
+    async def _move_v1_rows(self, conn: Any) -> None:
+        """Schema 1's totals and counters into rollups and windows (see `sql.v1_to_v2`)."""
+        s = self._q.s
+        keys = [V1Key(*row) for row in await conn.fetch(V1_KEYS.format(s=s))]
+        counters = [tuple(row) for row in await conn.fetch(V1_COUNTERS.format(s=s))]
+        rollups, windows = v1_to_v2(keys, counters, time.time())
+        if rollups:
+            await conn.execute(self._q.add_rollups, *_columns(rollups))
+        await conn.executemany(
+            f"INSERT INTO {s}.windows (counter, window_end, count) VALUES ($1, $2, $3)", windows
+        )
+        for statement in FINISH_V2:
+            await conn.execute(statement.format(s=s))
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -199,21 +228,17 @@ class PostgresStorage(Storage, Transferable):
     async def update_key(self, key_id: str, **changes: Any) -> ApiKey | None:
         check_updatable(changes)
         sets = "".join(f"{name} = ${i}, " for i, name in enumerate(changes, start=3))
-        sql = f"UPDATE {self._q.s}.keys SET {sets}version = $2 WHERE id = $1 RETURNING {KEY_FIELDS}"
-        async with self.pool.acquire() as conn:
-            transaction = conn.transaction()
-            await transaction.start()
-            try:
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
                 version = await conn.fetchval(self._q.next_version)
-                row = await conn.fetchrow(sql, key_id, version, *changes.values())
-            except BaseException:
-                await transaction.rollback()
-                raise
-            if row is None:  # no such key: give the version back
-                await transaction.rollback()
-                return None
-            await transaction.commit()
-        return ApiKey(*row)
+                status = await conn.execute(
+                    self._q.update_key.format(sets=sets), key_id, version, *changes.values()
+                )
+                if status == "UPDATE 0":  # no such key: roll back, giving the version back
+                    raise _NoSuchKey
+        except _NoSuchKey:
+            return None
+        return await self.get_key(key_id)
 
     async def add_secret(self, key_id: str, secret_hash: str, *, retire_old_at: float) -> None:
         q = self._q
@@ -239,21 +264,24 @@ class PostgresStorage(Storage, Transferable):
 
     # -- counters --------------------------------------------------------------------
 
-    async def reserve(self, subject: str, period: str, want: int, limit: int) -> tuple[int, int]:
-        # One statement, one round trip. In ON CONFLICT DO UPDATE every right-hand side
-        # reads the row as it was (`c.count` is the old count), so `granted` and the new
-        # `count` agree; a racing caller waits on the row lock and then sees our count.
-        row = await self.pool.fetchrow(self._q.reserve, subject, period, want, limit)
-        return int(row[0]), int(row[1])
+    async def reserve(self, claims: Sequence[Claim], now: float) -> list[Grant]:
+        ordered = sorted(claims, key=lambda c: c.counter)
+        rows = await self.pool.fetch(
+            self._q.reserve,
+            [c.counter for c in ordered],
+            [c.want for c in ordered],
+            [c.limit for c in ordered],
+            [c.window_end for c in ordered],
+            now,
+        )
+        grants = {str(r[0]): Grant(int(r[1]), int(r[2]), float(r[3])) for r in rows}
+        return [grants[c.counter] for c in claims]
 
-    async def release(self, subject: str, period: str, amount: int) -> None:
-        await self.pool.execute(self._q.release, subject, period, amount)
+    async def release(self, counter: str, window_end: float, amount: int) -> None:
+        await self.pool.execute(self._q.release, counter, window_end, amount)
 
-    async def add(self, subject: str, period: str, amount: int) -> int:
-        return int(await self.pool.fetchval(self._q.add, subject, period, amount))
-
-    async def counter(self, subject: str, period: str) -> int:
-        value = await self.pool.fetchval(self._q.counter, subject, period)
+    async def counter(self, counter: str, now: float) -> int:
+        value = await self.pool.fetchval(self._q.counter, counter, now)
         return 0 if value is None else int(value)
 
     # -- usage ledger ----------------------------------------------------------------
@@ -261,28 +289,22 @@ class PostgresStorage(Storage, Transferable):
     async def record(self, batch: UsageBatch) -> None:
         if not batch:
             return
-        q = self._q
-        # Rows are written in key order so that two flushes touching the same rows take
-        # their locks in the same order and cannot deadlock.
-        rollups = sorted(
-            (r.account_id, r.key_id, r.day, r.action, r.calls, r.credits) for r in batch.rollups
-        )
-        totals = batch.key_totals()
+        # One row per key in one statement (PostgreSQL updates a row once per statement),
+        # written in key order so that two flushes touching the same rows take their
+        # locks in the same order and cannot deadlock.
+        merged: dict[tuple[str, str, str, str], Rollup] = {}
+        for r in batch.rollups:
+            key = (r.account_id, r.key_id, r.day, r.action)
+            if key in merged:
+                merged[key].add(r)
+            else:
+                merged[key] = dataclasses.replace(r)
+        rollups = [merged[key] for key in sorted(merged)]
         async with self.pool.acquire() as conn, conn.transaction():
             if rollups:
-                await conn.executemany(q.add_rollup, rollups)
-            if totals:
-                await conn.executemany(
-                    q.add_totals,
-                    [
-                        (key_id, t.requests, t.calls, t.credits, t.last_used_at)
-                        for key_id, t in sorted(totals.items())
-                    ],
-                )
+                await conn.execute(self._q.add_rollups, *_columns(rollups))
             if batch.labels:
-                await conn.executemany(q.set_label, sorted(batch.labels.items()))
-            if batch.counters:
-                await conn.executemany(q.add, sorted(batch.counters))
+                await conn.executemany(self._q.set_label, sorted(batch.labels.items()))
 
     async def usage(
         self, *, account_id: str, key_id: str | None, first_day: str, last_day: str
@@ -292,11 +314,30 @@ class PostgresStorage(Storage, Transferable):
             rows = await self.pool.fetch(q.account_usage, account_id, first_day, last_day)
         else:
             rows = await self.pool.fetch(q.key_usage, account_id, key_id, first_day, last_day)
-        return [UsageRow(str(r[0]), str(r[1]), int(r[2]), int(r[3])) for r in rows]
+        return [UsageRow(str(r[0]), str(r[1]), int(r[2]), int(r[3]), int(r[4])) for r in rows]
 
-    async def key_totals(self, key_id: str) -> KeyTotals:
-        row = await self.pool.fetchrow(self._q.key_totals, key_id)
-        return KeyTotals() if row is None else KeyTotals(*row)
+    async def totals(
+        self,
+        *,
+        account_id: str,
+        key_id: str | None,
+        first_day: str = FIRST_DAY,
+        last_day: str = LAST_DAY,
+    ) -> KeyTotals:
+        if key_id is None:
+            row = await self.pool.fetchrow(self._q.account_totals, account_id, first_day, last_day)
+        else:
+            row = await self.pool.fetchrow(
+                self._q.key_totals, account_id, key_id, first_day, last_day
+            )
+        return KeyTotals(int(row[0]), int(row[1]), int(row[2]), row[3])
+
+    async def requests_since(self, subjects: Sequence[tuple[str, str | None, str]]) -> list[int]:
+        if not subjects:
+            return []
+        accounts, keys, days = zip(*subjects, strict=True)
+        rows = await self.pool.fetch(self._q.requests_since, accounts, keys, days)
+        return [int(r[0]) for r in rows]
 
     async def labels(self) -> dict[str, str]:
         rows = await self.pool.fetch(f"SELECT action, label FROM {self._q.s}.actions")
@@ -339,3 +380,21 @@ def _lock_id(schema: str) -> int:
     """A stable 64-bit advisory lock id for migrating this schema."""
     digest = hashlib.sha256(f"meterware:{schema}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
+
+
+class _NoSuchKey(Exception):
+    """Rolls back an update of a key that does not exist."""
+
+
+def _columns(rollups: Sequence[Rollup]) -> list[list[Any]]:
+    """Rollups as the column arrays `unnest` takes."""
+    return [
+        [r.account_id for r in rollups],
+        [r.key_id for r in rollups],
+        [r.day for r in rollups],
+        [r.action for r in rollups],
+        [r.calls for r in rollups],
+        [r.credits for r in rollups],
+        [r.requests for r in rollups],
+        [r.last_used_at for r in rollups],
+    ]

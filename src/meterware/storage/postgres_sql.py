@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meterware.storage.sql import KEY_COLUMNS, KEY_FIELDS
+from meterware.storage.sql import STORED_KEY_COLUMNS, key_select
 
 # `{s}` is the quoted schema name; everything else is a parameter.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -57,7 +57,29 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE TABLE {s}.actions (action TEXT PRIMARY KEY, label TEXT NOT NULL)",
         "INSERT INTO {s}.meta (name, value) VALUES ('key_seq', 0)",
     ),
+    # Step 2 also moves schema 1's totals and counters (see `sql.v1_to_v2`), between
+    # its statements and FINISH_V2.
+    2: (
+        "ALTER TABLE {s}.usage_daily ADD COLUMN requests BIGINT NOT NULL DEFAULT 0",
+        "ALTER TABLE {s}.usage_daily ADD COLUMN last_used_at DOUBLE PRECISION",
+        """CREATE TABLE {s}.windows (
+            counter TEXT PRIMARY KEY,
+            window_end DOUBLE PRECISION NOT NULL,
+            count BIGINT NOT NULL,
+            granted BIGINT NOT NULL DEFAULT 0,
+            want BIGINT NOT NULL DEFAULT 0,
+            cap BIGINT NOT NULL DEFAULT 0
+        )""",
+    ),
 }
+
+V1_KEYS = "SELECT id, account_id, billing_anchor_day, total_requests, last_used_at FROM {s}.keys"
+V1_COUNTERS = "SELECT subject, period, count FROM {s}.counters"
+FINISH_V2 = (
+    "DROP TABLE {s}.counters",
+    "ALTER TABLE {s}.keys DROP COLUMN last_used_at, DROP COLUMN total_requests, "
+    "DROP COLUMN total_calls, DROP COLUMN total_credits",
+)
 
 
 # A key change takes the next version by incrementing this row inside its transaction.
@@ -75,27 +97,27 @@ class Queries:
 
     def __init__(self, s: str) -> None:
         self.s = s
-        k = ", ".join(f"k.{column}" for column in KEY_COLUMNS)
+        key = key_select(f"{s}.")
+        stored = ", ".join(STORED_KEY_COLUMNS)
+        places = ", ".join(f"${i}" for i in range(1, len(STORED_KEY_COLUMNS) + 2))
         self.next_version = NEXT_VERSION.format(s=s)
         self.ensure_account = (
             f"INSERT INTO {s}.accounts (id, created_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING"
         )
-        self.insert_key = (
-            f"INSERT INTO {s}.keys ({KEY_FIELDS}, version) VALUES "
-            "($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
-        )
+        self.insert_key = f"INSERT INTO {s}.keys ({stored}, version) VALUES ({places})"
         self.insert_secret = (
             f"INSERT INTO {s}.key_secrets (hash, key_id, expires_at) VALUES ($1, $2, NULL)"
         )
-        self.get_key = f"SELECT {KEY_FIELDS} FROM {s}.keys WHERE id = $1"
+        self.get_key = f"SELECT {key} FROM {s}.keys k WHERE k.id = $1"
         self.find_key = (
-            f"SELECT {k}, t.expires_at FROM {s}.key_secrets t JOIN {s}.keys k ON k.id = t.key_id "
-            "WHERE t.hash = $1 AND (t.expires_at IS NULL OR t.expires_at > $2)"
+            f"SELECT {key}, t.expires_at FROM {s}.key_secrets t JOIN {s}.keys k "
+            "ON k.id = t.key_id WHERE t.hash = $1 AND (t.expires_at IS NULL OR t.expires_at > $2)"
         )
-        self.list_keys = f"SELECT {KEY_FIELDS} FROM {s}.keys ORDER BY created_at, id"
+        self.list_keys = f"SELECT {key} FROM {s}.keys k ORDER BY created_at, id"
         self.list_account_keys = (
-            f"SELECT {KEY_FIELDS} FROM {s}.keys WHERE account_id = $1 ORDER BY created_at, id"
+            f"SELECT {key} FROM {s}.keys k WHERE account_id = $1 ORDER BY created_at, id"
         )
+        self.update_key = f"UPDATE {s}.keys SET {{sets}}version = $2 WHERE id = $1"
         self.retire_secrets = (
             f"UPDATE {s}.key_secrets SET expires_at = LEAST(expires_at, $2) WHERE key_id = $1"
         )
@@ -104,52 +126,75 @@ class Queries:
             f"SELECT m.value, ARRAY(SELECT id FROM {s}.keys WHERE version > $1 "
             f"ORDER BY version) FROM {s}.meta m WHERE m.name = 'key_seq'"
         )
+        # One statement, one round trip. In ON CONFLICT DO UPDATE every right-hand side
+        # reads the row as it was (`c.count` is the old count), so `granted`, `count` and
+        # `window_end` agree; a racing caller waits on the row lock and then sees ours.
+        # Claims come sorted by counter, so two reservations lock rows in one order.
+        new = "LEAST(t.want, GREATEST(0, t.cap))"
+        fresh = "LEAST(excluded.want, GREATEST(0, excluded.cap))"
+        more = "LEAST(excluded.want, GREATEST(0, excluded.cap - c.count))"
         self.reserve = (
-            f"INSERT INTO {s}.counters AS c (subject, period, count, granted) "
-            "VALUES ($1, $2, LEAST($3::bigint, GREATEST(0, $4::bigint)), "
-            "LEAST($3::bigint, GREATEST(0, $4::bigint))) "
-            "ON CONFLICT (subject, period) DO UPDATE SET "
-            "granted = LEAST($3::bigint, GREATEST(0, $4::bigint - c.count)), "
-            "count = c.count + LEAST($3::bigint, GREATEST(0, $4::bigint - c.count)) "
-            "RETURNING granted, count"
+            f"INSERT INTO {s}.windows AS c (counter, window_end, count, granted, want, cap) "
+            f"SELECT t.counter, t.window_end, {new}, {new}, t.want, t.cap "
+            "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::float8[]) "
+            "AS t(counter, want, cap, window_end) "
+            "ON CONFLICT (counter) DO UPDATE SET "
+            f"granted = CASE WHEN c.window_end <= $5 THEN {fresh} ELSE {more} END, "
+            f"count = CASE WHEN c.window_end <= $5 THEN {fresh} ELSE c.count + {more} END, "
+            "window_end = CASE WHEN c.window_end <= $5 THEN excluded.window_end "
+            "ELSE c.window_end END "
+            "RETURNING counter, granted, count, window_end"
         )
         self.release = (
-            f"UPDATE {s}.counters SET count = GREATEST(0, count - $3::bigint) "
-            "WHERE subject = $1 AND period = $2"
+            f"UPDATE {s}.windows SET count = GREATEST(0, count - $3::bigint) "
+            "WHERE counter = $1 AND window_end = $2"
         )
-        self.add = (
-            f"INSERT INTO {s}.counters AS c (subject, period, count) VALUES ($1, $2, $3) "
-            "ON CONFLICT (subject, period) DO UPDATE SET count = c.count + excluded.count "
-            "RETURNING count"
-        )
-        self.counter = f"SELECT count FROM {s}.counters WHERE subject = $1 AND period = $2"
-        self.add_rollup = (
-            f"INSERT INTO {s}.usage_daily AS u "
-            "(account_id, key_id, day, action, calls, credits) VALUES ($1, $2, $3, $4, $5, $6) "
-            "ON CONFLICT (account_id, key_id, day, action) DO UPDATE SET "
-            "calls = u.calls + excluded.calls, credits = u.credits + excluded.credits"
-        )
+        self.counter = f"SELECT count FROM {s}.windows WHERE counter = $1 AND window_end > $2"
         # GREATEST ignores NULL: the later of the stored and the new last use.
-        self.add_totals = (
-            f"UPDATE {s}.keys SET total_requests = total_requests + $2, "
-            "total_calls = total_calls + $3, total_credits = total_credits + $4, "
-            "last_used_at = GREATEST(last_used_at, $5) WHERE id = $1"
+        self.add_rollups = (
+            f"INSERT INTO {s}.usage_daily AS u "
+            "(account_id, key_id, day, action, calls, credits, requests, last_used_at) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+            "$5::bigint[], $6::bigint[], $7::bigint[], $8::float8[]) "
+            "ON CONFLICT (account_id, key_id, day, action) DO UPDATE SET "
+            "calls = u.calls + excluded.calls, credits = u.credits + excluded.credits, "
+            "requests = u.requests + excluded.requests, "
+            "last_used_at = GREATEST(u.last_used_at, excluded.last_used_at)"
         )
         self.set_label = (
             f"INSERT INTO {s}.actions (action, label) VALUES ($1, $2) "
             "ON CONFLICT (action) DO UPDATE SET label = excluded.label"
         )
+        columns = "day, action, sum(calls)::bigint, sum(credits)::bigint, sum(requests)::bigint"
         self.account_usage = (
-            "SELECT day, action, sum(calls)::bigint, sum(credits)::bigint "
-            f"FROM {s}.usage_daily WHERE account_id = $1 AND day BETWEEN $2 AND $3 "
+            f"SELECT {columns} FROM {s}.usage_daily "
+            "WHERE account_id = $1 AND day BETWEEN $2 AND $3 "
             "GROUP BY day, action ORDER BY day, action"
         )
         self.key_usage = (
-            f"SELECT day, action, calls, credits FROM {s}.usage_daily "
+            f"SELECT {columns} FROM {s}.usage_daily "
             "WHERE account_id = $1 AND key_id = $2 AND day BETWEEN $3 AND $4 "
-            "ORDER BY day, action"
+            "GROUP BY day, action ORDER BY day, action"
+        )
+        sums = (
+            "coalesce(sum(requests), 0)::bigint, coalesce(sum(calls), 0)::bigint, "
+            "coalesce(sum(credits), 0)::bigint, max(last_used_at)"
+        )
+        self.account_totals = (
+            f"SELECT {sums} FROM {s}.usage_daily WHERE account_id = $1 AND day BETWEEN $2 AND $3"
         )
         self.key_totals = (
-            "SELECT total_requests, total_calls, total_credits, last_used_at "
-            f"FROM {s}.keys WHERE id = $1"
+            f"SELECT {sums} FROM {s}.usage_daily "
+            "WHERE account_id = $1 AND key_id = $2 AND day BETWEEN $3 AND $4"
+        )
+        # One subquery form per case, so that each can use the primary key.
+        self.requests_since = (
+            "SELECT CASE WHEN t.key_id IS NULL THEN "
+            f"(SELECT coalesce(sum(u.requests), 0) FROM {s}.usage_daily u "
+            "WHERE u.account_id = t.account_id AND u.day >= t.first_day) "
+            f"ELSE (SELECT coalesce(sum(u.requests), 0) FROM {s}.usage_daily u "
+            "WHERE u.account_id = t.account_id AND u.key_id = t.key_id "
+            "AND u.day >= t.first_day) END::bigint "
+            "FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY "
+            "AS t(account_id, key_id, first_day, n) ORDER BY t.n"
         )

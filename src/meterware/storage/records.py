@@ -1,5 +1,5 @@
-"""The records a store reads and writes: the ledger's rows and batches, a key's totals,
-and a whole store's contents (`Snapshot`, for `meterware copy`)."""
+"""The records a store reads and writes: counter claims and grants, the ledger's rows and
+batches, a key's totals, and a whole store's contents (`Snapshot`, for `meterware copy`)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,39 @@ from dataclasses import dataclass, field
 
 from meterware.keys import ApiKey
 
-__all__ = ["KeyActivity", "KeyTotals", "Rollup", "Snapshot", "UsageBatch", "UsageRow"]
+__all__ = ["Claim", "Grant", "KeyTotals", "Rollup", "Snapshot", "UsageBatch", "UsageRow"]
+
+
+@dataclass(slots=True)
+class Claim:
+    """A request to take up to `want` units of a counter's current window without passing
+    `limit`. When the counter has no live window (none yet, or it ended), a new one is
+    opened that ends at `window_end`."""
+
+    counter: str
+    want: int
+    limit: int
+    window_end: float
+
+
+@dataclass(slots=True)
+class Grant:
+    """What a claim got: `granted` units, the window's `count` after it, and the end of
+    the window the units belong to."""
+
+    granted: int
+    count: int
+    window_end: float
 
 
 @dataclass(slots=True)
 class Rollup:
-    """Calls and credits charged to one key for one action on one UTC day (`YYYY-MM-DD`).
+    """What one key did under one action on one UTC day (`YYYY-MM-DD`): `calls` charged
+    and their `credits`; `requests` admitted (charged or not); the last one's time.
 
-    `key_id` is `""` when the caller was an account rather than a key.
+    `key_id` is `""` when the caller was an account rather than a key. `action` is `""`
+    for requests counted before meterware recorded actions (a store migrated from
+    schema 1).
     """
 
     account_id: str
@@ -24,50 +49,29 @@ class Rollup:
     day: str
     calls: int
     credits: int
+    requests: int = 0
+    last_used_at: float | None = None
 
-
-@dataclass(slots=True)
-class KeyActivity:
-    """Requests admitted for a key since the last flush, and the last one's time."""
-
-    key_id: str
-    requests: int
-    last_used_at: float
+    def add(self, other: Rollup) -> None:
+        """Add another rollup of the same key, action and day to this one."""
+        self.calls += other.calls
+        self.credits += other.credits
+        self.requests += other.requests
+        if other.last_used_at is not None and (
+            self.last_used_at is None or other.last_used_at > self.last_used_at
+        ):
+            self.last_used_at = other.last_used_at
 
 
 @dataclass
 class UsageBatch:
-    """What one flush writes, in one transaction."""
+    """What one flush writes, in one transaction: rollups to add, labels to set."""
 
     rollups: Sequence[Rollup] = ()
-    activity: Sequence[KeyActivity] = ()
     labels: Mapping[str, str] = field(default_factory=dict)
-    counters: Sequence[tuple[str, str, int]] = ()
-    """`(subject, period, amount)` to add to counters that have no limit to enforce."""
 
     def __bool__(self) -> bool:
-        return bool(self.rollups or self.activity or self.labels or self.counters)
-
-    def key_totals(self) -> dict[str, KeyTotals]:
-        """What this batch adds to each key's lifetime totals (last use: the latest)."""
-        totals: dict[str, KeyTotals] = {}
-        for r in self.rollups:
-            if r.key_id:
-                t = totals.get(r.key_id)
-                if t is None:
-                    totals[r.key_id] = KeyTotals(0, r.calls, r.credits, None)
-                else:
-                    t.calls += r.calls
-                    t.credits += r.credits
-        for a in self.activity:
-            t = totals.get(a.key_id)
-            if t is None:
-                totals[a.key_id] = KeyTotals(a.requests, 0, 0, a.last_used_at)
-            else:
-                t.requests += a.requests
-                if t.last_used_at is None or a.last_used_at > t.last_used_at:
-                    t.last_used_at = a.last_used_at
-        return totals
+        return bool(self.rollups or self.labels)
 
 
 @dataclass(slots=True)
@@ -78,11 +82,12 @@ class UsageRow:
     action: str
     calls: int
     credits: int
+    requests: int = 0
 
 
 @dataclass(slots=True)
 class KeyTotals:
-    """A key's lifetime numbers."""
+    """Sums over rollups: requests admitted, calls charged, credits, and the last use."""
 
     requests: int = 0
     calls: int = 0
@@ -94,18 +99,18 @@ class KeyTotals:
 class Snapshot:
     """Everything a store holds, in plain dicts (what `Transferable.dump` returns).
 
-    `keys` hold every stored field but `last_used_at` (None here): a key's last use is
-    in `totals`, with its lifetime requests, calls and credits.
+    A key's totals and last use are not stored apart: they are sums over its rollups.
     """
 
     accounts: dict[str, float] = field(default_factory=dict)
     keys: dict[str, ApiKey] = field(default_factory=dict)
-    totals: dict[str, KeyTotals] = field(default_factory=dict)
+    """Every stored field; `last_used_at` is None here (it lives in the rollups)."""
     secrets: dict[str, tuple[str, float | None]] = field(default_factory=dict)
     """secret hash -> (key id, when it stops working: None for never)"""
-    counters: dict[tuple[str, str], int] = field(default_factory=dict)
-    rollups: dict[tuple[str, str, str, str], tuple[int, int]] = field(default_factory=dict)
-    """(account_id, key_id, action, day) -> (calls, credits)"""
+    counters: dict[str, tuple[float, int]] = field(default_factory=dict)
+    """counter -> (its window's end, count)"""
+    rollups: dict[tuple[str, str, str, str], Rollup] = field(default_factory=dict)
+    """(account_id, key_id, action, day) -> its rollup"""
     labels: dict[str, str] = field(default_factory=dict)
 
     def empty(self) -> bool:
@@ -117,3 +122,16 @@ class Snapshot:
             or self.rollups
             or self.labels
         )
+
+    def totals(self, key_id: str) -> KeyTotals:
+        """A key's totals, summed over its rollups."""
+        totals = KeyTotals()
+        for rollup in self.rollups.values():
+            if rollup.key_id == key_id:
+                totals.requests += rollup.requests
+                totals.calls += rollup.calls
+                totals.credits += rollup.credits
+                last = rollup.last_used_at
+                if last is not None and (totals.last_used_at is None or last > totals.last_used_at):
+                    totals.last_used_at = last
+        return totals

@@ -1,43 +1,62 @@
-"""What the SQL backends share: a key's columns, and reading a whole store."""
+"""What the SQL backends share: a key's columns, reading a whole store, and the step from
+schema 1 to schema 2."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Any
 
+from meterware.clock import day_of, midnight, month_period
 from meterware.keys import ApiKey
-from meterware.storage.records import KeyTotals, Snapshot
+from meterware.storage.records import Rollup, Snapshot
 
-__all__ = ["KEY_COLUMNS", "KEY_FIELDS", "dump_queries", "key_values", "snapshot_of"]
+__all__ = [
+    "KEY_COLUMNS",
+    "STORED_KEY_COLUMNS",
+    "dump_queries",
+    "key_select",
+    "key_values",
+    "snapshot_of",
+    "v1_to_v2",
+]
 
 KEY_COLUMNS = (
     "id", "account_id", "name", "tier", "permission", "website_id", "created_at",
     "last_used_at", "expires_at", "revoked_at", "per_minute", "monthly_limit",
     "monthly_credits", "billing_anchor_day",
 )  # fmt: skip
-"""The `keys` columns of an `ApiKey`, in the order of its fields: `ApiKey(*row)`."""
+"""An `ApiKey`'s fields in order: `ApiKey(*row)` for a row of `key_select`."""
 
-KEY_FIELDS = ", ".join(KEY_COLUMNS)
+STORED_KEY_COLUMNS = tuple(c for c in KEY_COLUMNS if c != "last_used_at")
+"""The columns of the `keys` table: a key's last use is read from its rollups."""
+
+
+def key_select(prefix: str = "", alias: str = "k") -> str:
+    """The select list of an `ApiKey` from `keys` (as `alias`), its last use summed from
+    its rollups; `prefix` goes before table names (`""`, `"schema".`)."""
+    last_use = (
+        f"(SELECT max(u.last_used_at) FROM {prefix}usage_daily u "
+        f"WHERE u.account_id = {alias}.account_id AND u.key_id = {alias}.id)"
+    )
+    return ", ".join(last_use if c == "last_used_at" else f"{alias}.{c}" for c in KEY_COLUMNS)
 
 
 def key_values(key: ApiKey) -> tuple[Any, ...]:
-    """A key's values in `KEY_COLUMNS` order."""
-    return tuple(getattr(key, column) for column in KEY_COLUMNS)
+    """A key's values in `STORED_KEY_COLUMNS` order."""
+    return tuple(getattr(key, column) for column in STORED_KEY_COLUMNS)
 
 
 def dump_queries(prefix: str) -> dict[str, str]:
     """One SELECT per table; `prefix` is put before each table name (`""`, `"schema".`)."""
+    rollup_columns = "account_id, key_id, action, day, calls, credits, requests, last_used_at"
     return {
         "accounts": f"SELECT id, created_at FROM {prefix}accounts",
-        "keys": (
-            f"SELECT {KEY_FIELDS}, total_requests, total_calls, total_credits FROM {prefix}keys"
-        ),
+        "keys": f"SELECT {', '.join(STORED_KEY_COLUMNS)} FROM {prefix}keys",
         "secrets": f"SELECT hash, key_id, expires_at FROM {prefix}key_secrets",
-        "counters": f"SELECT subject, period, count FROM {prefix}counters",
-        "rollups": (
-            f"SELECT account_id, key_id, action, day, calls, credits FROM {prefix}usage_daily"
-        ),
+        "counters": f"SELECT counter, window_end, count FROM {prefix}windows",
+        "rollups": f"SELECT {rollup_columns} FROM {prefix}usage_daily",
         "labels": f"SELECT action, label FROM {prefix}actions",
     }
 
@@ -46,17 +65,80 @@ def snapshot_of(tables: dict[str, list[Sequence[Any]]]) -> Snapshot:
     """A `Snapshot` from the rows of `dump_queries`."""
     snap = Snapshot()
     snap.accounts = {str(r[0]): float(r[1]) for r in tables["accounts"]}
-    width = len(KEY_COLUMNS)
     for row in tables["keys"]:
-        key = ApiKey(*row[:width])
-        snap.keys[key.id] = replace(key, last_used_at=None)
-        requests, calls, credits = (int(n) for n in row[width:])
-        snap.totals[key.id] = KeyTotals(requests, calls, credits, key.last_used_at)
+        key = ApiKey(**dict(zip(STORED_KEY_COLUMNS, row, strict=True)))
+        snap.keys[key.id] = key
     snap.secrets = {str(r[0]): (str(r[1]), r[2]) for r in tables["secrets"]}
-    snap.counters = {(str(r[0]), str(r[1])): int(r[2]) for r in tables["counters"]}
-    snap.rollups = {
-        (str(r[0]), str(r[1]), str(r[2]), str(r[3])): (int(r[4]), int(r[5]))
-        for r in tables["rollups"]
-    }
+    snap.counters = {str(r[0]): (float(r[1]), int(r[2])) for r in tables["counters"]}
+    for r in tables["rollups"]:
+        rollup = Rollup(str(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), int(r[5]))
+        rollup.requests, rollup.last_used_at = int(r[6]), r[7]
+        snap.rollups[(rollup.account_id, rollup.key_id, rollup.action, rollup.day)] = rollup
     snap.labels = {str(r[0]): str(r[1]) for r in tables["labels"]}
     return snap
+
+
+# -- schema 1 -> 2 -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class V1Key:
+    """What schema 1 kept of a key that schema 2 keeps in rollups and windows."""
+
+    id: str
+    account_id: str
+    anchor_day: int | None
+    total_requests: int
+    last_used_at: float | None
+
+
+def v1_to_v2(
+    keys: Iterable[V1Key], counters: Iterable[tuple[str, str, int]], now: float
+) -> tuple[list[Rollup], list[tuple[str, float, int]]]:
+    """Schema 2's rows for what schema 1 kept apart from its rollups.
+
+    Schema 1 kept each key's lifetime requests and last use on the key, and monthly
+    counters as `(requests:<subject>, <period start>)` rows. Schema 2 sums both from
+    rollups, and keeps one window per counter. Requests from before the upgrade become
+    rollups with the action `""`: this period's (the counter of the current period) on
+    the period's first day, the rest on the day of the key's last use before it. Counters
+    of periods that have ended are dropped; live ones become windows (`month:` for
+    requests, `credits:` for credits; an account's subject is `@<account>`).
+    """
+    by_id = {key.id: key for key in keys}
+    rollups: list[Rollup] = []
+    windows: list[tuple[str, float, int]] = []
+    this_month: dict[str, tuple[int, float]] = {}  # subject -> (requests, period start)
+    for name, period_id, count in counters:
+        kind, _, subject = name.partition(":")
+        key = by_id.get(subject)
+        anchor = (key.anchor_day if key is not None else None) or 1
+        period = month_period(midnight(date.fromisoformat(period_id)), anchor)
+        if period.end <= now or kind not in ("requests", "credits"):
+            continue
+        counter_subject = subject if key is not None else f"@{subject}"
+        prefix = "month" if kind == "requests" else "credits"
+        windows.append((f"{prefix}:{counter_subject}", period.end, count))
+        if kind == "requests":
+            this_month[subject] = (count, period.start)
+    for subject, (count, began) in this_month.items():
+        if subject not in by_id and count:  # an account principal's requests
+            rollups.append(_before(subject, "", day_of(began), count, None))
+    for key in by_id.values():
+        current = month_period(now, key.anchor_day or 1).start
+        month, began = this_month.get(key.id, (0, current))
+        month = min(month, key.total_requests)
+        if month:
+            rollups.append(_before(key.account_id, key.id, day_of(began), month, key.last_used_at))
+        rest = key.total_requests - month
+        if rest:
+            day = day_of(key.last_used_at if key.last_used_at is not None else now)
+            day = min(day, day_of(began) - timedelta(days=1))
+            rollups.append(_before(key.account_id, key.id, day, rest, key.last_used_at))
+    return rollups, windows
+
+
+def _before(account_id: str, key_id: str, day: date, requests: int, last: float | None) -> Rollup:
+    rollup = Rollup(account_id, key_id, "", day.isoformat(), 0, 0)
+    rollup.requests, rollup.last_used_at = requests, last
+    return rollup

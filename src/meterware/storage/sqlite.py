@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,18 +20,48 @@ import aiosqlite
 
 from meterware.errors import ConfigurationError, StorageError
 from meterware.keys import ApiKey
-from meterware.storage.base import SCHEMA_VERSION, Storage, Transferable, check_updatable, retiring
-from meterware.storage.records import KeyTotals, Snapshot, UsageBatch, UsageRow
-from meterware.storage.sql import KEY_COLUMNS, KEY_FIELDS, dump_queries, key_values, snapshot_of
+from meterware.storage.base import (
+    FIRST_DAY,
+    LAST_DAY,
+    SCHEMA_VERSION,
+    Storage,
+    Transferable,
+    check_updatable,
+    retiring,
+)
+from meterware.storage.records import (
+    Claim,
+    Grant,
+    KeyTotals,
+    Snapshot,
+    UsageBatch,
+    UsageRow,
+)
+from meterware.storage.sql import (
+    STORED_KEY_COLUMNS,
+    V1Key,
+    dump_queries,
+    key_select,
+    key_values,
+    snapshot_of,
+    v1_to_v2,
+)
 from meterware.storage.sqlite_sql import (
-    ADD_COUNTERS,
-    ADD_KEY_TOTALS,
     ADD_ROLLUPS,
     CHUNK,
+    DROP_V1,
+    FROM_V1,
+    RELEASE,
+    REQUESTS_SINCE,
+    RESERVE,
     SCHEMA,
     SET_LABELS,
+    TOTALS,
+    V1_COUNTERS,
+    V1_KEYS,
+    WINDOWS,
+    claim_row,
     rollup_row,
-    totals_row,
 )
 
 __all__ = ["SQLiteStorage"]
@@ -96,24 +127,40 @@ class SQLiteStorage(Storage, Transferable):
         self._opened = True
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
-        async with db.execute("PRAGMA user_version") as cur:
-            row = await cur.fetchone()
-        version = row[0] if row else 0
-        if version > SCHEMA_VERSION:
-            raise StorageError(
-                f"{self.path} has schema version {version}; this meterware knows "
-                f"{SCHEMA_VERSION}: upgrade meterware"
-            )
-        if version < SCHEMA_VERSION:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in _statements(SCHEMA):
+        # Under the write lock, the version read and the migration agree: two processes
+        # opening an old file together migrate it once.
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            version = next(iter(await db.execute_fetchall("PRAGMA user_version")))[0]
+            if version > SCHEMA_VERSION:
+                raise StorageError(
+                    f"{self.path} has schema version {version}; this meterware knows "
+                    f"{SCHEMA_VERSION}: upgrade meterware"
+                )
+            if version == 1:
+                await self._from_v1(db)
+            elif version == 0:
+                for statement in [*_statements(SCHEMA), WINDOWS]:
                     await db.execute(statement)
-                await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-                await db.execute("COMMIT")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
+            await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+
+    async def _from_v1(self, db: aiosqlite.Connection) -> None:
+        """Schema 1 to 2: totals and monthly counts move into rollups and windows."""
+        for statement in (*FROM_V1, WINDOWS):
+            await db.execute(statement)
+        keys = [V1Key(*row) for row in await db.execute_fetchall(V1_KEYS)]
+        counters = [tuple(row) for row in await db.execute_fetchall(V1_COUNTERS)]
+        rollups, windows = v1_to_v2(keys, counters, time.time())
+        await db.execute(ADD_ROLLUPS, (json.dumps([rollup_row(r) for r in rollups]),))
+        await db.executemany(
+            "INSERT INTO windows (counter, window_end, count) VALUES (?, ?, ?)", windows
+        )
+        for statement in DROP_V1:
+            await db.execute(statement)
 
     async def close(self) -> None:
         db, self._db = self._db, None
@@ -155,8 +202,8 @@ class SQLiteStorage(Storage, Transferable):
         async with self._write, self._transaction():
             version = await self._next_version()
             await self.db.execute(
-                f"INSERT INTO keys ({KEY_FIELDS}, version) VALUES "
-                "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO keys ({', '.join(STORED_KEY_COLUMNS)}, version) "
+                f"VALUES ({', '.join('?' * (len(STORED_KEY_COLUMNS) + 1))})",
                 (*key_values(key), version),
             )
             await self.db.execute(
@@ -165,13 +212,13 @@ class SQLiteStorage(Storage, Transferable):
             )
 
     async def get_key(self, key_id: str) -> ApiKey | None:
-        row = await self._one(f"SELECT {KEY_FIELDS} FROM keys WHERE id = ?", (key_id,))
+        row = await self._one(f"SELECT {key_select()} FROM keys k WHERE k.id = ?", (key_id,))
         return None if row is None else ApiKey(*row)
 
     async def find_key(self, secret_hash: str, now: float) -> ApiKey | None:
-        fields = ", ".join(f"k.{column}" for column in KEY_COLUMNS)
         row = await self._one(
-            f"SELECT {fields}, s.expires_at FROM key_secrets s JOIN keys k ON k.id = s.key_id "
+            f"SELECT {key_select()}, s.expires_at FROM key_secrets s "
+            "JOIN keys k ON k.id = s.key_id "
             "WHERE s.hash = ? AND (s.expires_at IS NULL OR s.expires_at > ?)",
             (secret_hash, now),
         )
@@ -179,10 +226,10 @@ class SQLiteStorage(Storage, Transferable):
 
     async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
         if account_id is None:
-            rows = await self._all(f"SELECT {KEY_FIELDS} FROM keys ORDER BY created_at, id")
+            rows = await self._all(f"SELECT {key_select()} FROM keys k ORDER BY created_at, id")
         else:
             rows = await self._all(
-                f"SELECT {KEY_FIELDS} FROM keys WHERE account_id = ? ORDER BY created_at, id",
+                f"SELECT {key_select()} FROM keys k WHERE account_id = ? ORDER BY created_at, id",
                 (account_id,),
             )
         return [ApiKey(*r) for r in rows]
@@ -227,40 +274,20 @@ class SQLiteStorage(Storage, Transferable):
 
     # -- counters --------------------------------------------------------------------
 
-    async def reserve(self, subject: str, period: str, want: int, limit: int) -> tuple[int, int]:
-        # In an UPDATE every right-hand side reads the row as it was, so `granted` and
-        # `count` are computed from the same old count in one atomic statement.
+    async def reserve(self, claims: Sequence[Claim], now: float) -> list[Grant]:
+        rows = json.dumps([claim_row(c) for c in claims])
         async with self._write:
-            row = await self._one(
-                "INSERT INTO counters (subject, period, count, granted) "
-                "VALUES (?1, ?2, min(?3, max(0, ?4)), min(?3, max(0, ?4))) "
-                "ON CONFLICT (subject, period) DO UPDATE SET "
-                "granted = min(?3, max(0, ?4 - count)), "
-                "count = count + min(?3, max(0, ?4 - count)) "
-                "RETURNING granted, count",
-                (subject, period, want, limit),
-            )
-        return int(row[0]), int(row[1])
+            found = await self._all(RESERVE, (rows, now))
+        grants = {str(r[0]): Grant(int(r[1]), int(r[2]), float(r[3])) for r in found}
+        return [grants[c.counter] for c in claims]
 
-    async def release(self, subject: str, period: str, amount: int) -> None:
+    async def release(self, counter: str, window_end: float, amount: int) -> None:
         async with self._write:
-            await self.db.execute(
-                "UPDATE counters SET count = max(0, count - ?) WHERE subject = ? AND period = ?",
-                (amount, subject, period),
-            )
+            await self.db.execute(RELEASE, (counter, window_end, amount))
 
-    async def add(self, subject: str, period: str, amount: int) -> int:
-        async with self._write:
-            row = await self._one(
-                "INSERT INTO counters (subject, period, count) VALUES (?1, ?2, ?3) "
-                "ON CONFLICT (subject, period) DO UPDATE SET count = count + ?3 RETURNING count",
-                (subject, period, amount),
-            )
-        return int(row[0])
-
-    async def counter(self, subject: str, period: str) -> int:
+    async def counter(self, counter: str, now: float) -> int:
         row = await self._one(
-            "SELECT count FROM counters WHERE subject = ? AND period = ?", (subject, period)
+            "SELECT count FROM windows WHERE counter = ? AND window_end > ?", (counter, now)
         )
         return 0 if row is None else int(row[0])
 
@@ -274,11 +301,8 @@ class SQLiteStorage(Storage, Transferable):
         # rows are built just before it is sent, so they die young (cheap to collect).
         if not batch:
             return
-        keys = list(batch.key_totals().items())
         async with self._write, self._transaction():
             await self._write_rows(ADD_ROLLUPS, batch.rollups, rollup_row)
-            await self._write_rows(ADD_KEY_TOTALS, keys, totals_row)
-            await self._write_rows(ADD_COUNTERS, batch.counters, tuple)
             await self._write_rows(SET_LABELS, list(batch.labels.items()), tuple)
 
     async def _write_rows(
@@ -291,28 +315,45 @@ class SQLiteStorage(Storage, Transferable):
     async def usage(
         self, *, account_id: str, key_id: str | None, first_day: str, last_day: str
     ) -> list[UsageRow]:
+        columns = "day, action, sum(calls), sum(credits), sum(requests)"
         if key_id is None:
             rows = await self._all(
-                "SELECT day, action, sum(calls), sum(credits) FROM usage_daily "
+                f"SELECT {columns} FROM usage_daily "
                 "WHERE account_id = ? AND day BETWEEN ? AND ? GROUP BY day, action "
                 "ORDER BY day, action",
                 (account_id, first_day, last_day),
             )
         else:
             rows = await self._all(
-                "SELECT day, action, calls, credits FROM usage_daily "
-                "WHERE key_id = ? AND account_id = ? AND day BETWEEN ? AND ? ORDER BY day, action",
-                (key_id, account_id, first_day, last_day),
+                f"SELECT {columns} FROM usage_daily "
+                "WHERE account_id = ? AND key_id = ? AND day BETWEEN ? AND ? "
+                "GROUP BY day, action ORDER BY day, action",
+                (account_id, key_id, first_day, last_day),
             )
         return [UsageRow(*r) for r in rows]
 
-    async def key_totals(self, key_id: str) -> KeyTotals:
-        row = await self._one(
-            "SELECT total_requests, total_calls, total_credits, last_used_at FROM keys "
-            "WHERE id = ?",
-            (key_id,),
-        )
-        return KeyTotals() if row is None else KeyTotals(*row)
+    async def totals(
+        self,
+        *,
+        account_id: str,
+        key_id: str | None,
+        first_day: str = FIRST_DAY,
+        last_day: str = LAST_DAY,
+    ) -> KeyTotals:
+        if key_id is None:
+            row = await self._one(TOTALS, (account_id, first_day, last_day))
+        else:
+            row = await self._one(
+                TOTALS.replace("account_id = ?", "account_id = ? AND key_id = ?"),
+                (account_id, key_id, first_day, last_day),
+            )
+        return KeyTotals(int(row[0]), int(row[1]), int(row[2]), row[3])
+
+    async def requests_since(self, subjects: Sequence[tuple[str, str | None, str]]) -> list[int]:
+        if not subjects:
+            return []
+        rows = await self._all(REQUESTS_SINCE, (json.dumps(list(subjects)),))
+        return [int(r[0]) for r in rows]
 
     async def labels(self) -> dict[str, str]:
         return {r[0]: r[1] for r in await self._all("SELECT action, label FROM actions")}

@@ -1,10 +1,11 @@
-"""The SQLite backend's schema and the statements of its ledger writes."""
+"""The SQLite backend's schema, its migration from schema 1, and the statements that take
+several rows at once (one JSON array parameter each)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from meterware.storage.records import KeyTotals, Rollup
+from meterware.storage.records import Claim, Rollup
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -23,10 +24,6 @@ CREATE TABLE IF NOT EXISTS keys (
     monthly_limit INTEGER,
     monthly_credits INTEGER,
     billing_anchor_day INTEGER,
-    last_used_at REAL,
-    total_requests INTEGER NOT NULL DEFAULT 0,
-    total_calls INTEGER NOT NULL DEFAULT 0,
-    total_credits INTEGER NOT NULL DEFAULT 0,
     version INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS keys_by_account ON keys(account_id, created_at);
@@ -37,13 +34,6 @@ CREATE TABLE IF NOT EXISTS key_secrets (
     expires_at REAL
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS key_secrets_by_key ON key_secrets(key_id);
-CREATE TABLE IF NOT EXISTS counters (
-    subject TEXT NOT NULL,
-    period TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    granted INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (subject, period)
-) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS usage_daily (
     account_id TEXT NOT NULL,
     key_id TEXT NOT NULL,
@@ -51,12 +41,44 @@ CREATE TABLE IF NOT EXISTS usage_daily (
     action TEXT NOT NULL,
     calls INTEGER NOT NULL,
     credits INTEGER NOT NULL,
+    requests INTEGER NOT NULL DEFAULT 0,
+    last_used_at REAL,
     PRIMARY KEY (account_id, key_id, day, action)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS usage_by_account ON usage_daily(account_id, day);
 CREATE TABLE IF NOT EXISTS actions (action TEXT PRIMARY KEY, label TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('key_seq', 0);
 """
+"""Schema 2, created whole on a new file."""
+
+WINDOWS = """
+CREATE TABLE IF NOT EXISTS windows (
+    counter TEXT PRIMARY KEY,
+    window_end REAL NOT NULL,
+    count INTEGER NOT NULL,
+    granted INTEGER NOT NULL DEFAULT 0,
+    want INTEGER NOT NULL DEFAULT 0,
+    cap INTEGER NOT NULL DEFAULT 0
+) WITHOUT ROWID
+"""
+"""One row per counter: its current window's end and count. `granted`, `want` and `cap`
+only carry a reservation's numbers from the inserted row to the update (`excluded.`)."""
+
+FROM_V1 = (
+    "ALTER TABLE usage_daily ADD COLUMN requests INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE usage_daily ADD COLUMN last_used_at REAL",
+)
+"""Schema 1 to 2, before its rows move (see `sql.v1_to_v2`)."""
+
+V1_KEYS = "SELECT id, account_id, billing_anchor_day, total_requests, last_used_at FROM keys"
+V1_COUNTERS = "SELECT subject, period, count FROM counters"
+DROP_V1 = (
+    "DROP TABLE counters",
+    "ALTER TABLE keys DROP COLUMN last_used_at",
+    "ALTER TABLE keys DROP COLUMN total_requests",
+    "ALTER TABLE keys DROP COLUMN total_calls",
+    "ALTER TABLE keys DROP COLUMN total_credits",
+)
 
 
 def _from_json(*columns: str) -> str:
@@ -67,36 +89,62 @@ def _from_json(*columns: str) -> str:
 
 CHUNK = 500  # rows per ledger statement
 
+# In an UPDATE every right-hand side reads the row as it was, so `granted`, `count` and
+# `window_end` are all computed from the same old row in one atomic statement; a
+# window that has ended (window_end <= now) starts again from 0.
+RESERVE = (
+    "INSERT INTO windows (counter, window_end, count, granted, want, cap) "
+    "SELECT counter, window_end, min(want, max(0, cap)), min(want, max(0, cap)), want, cap "
+    "FROM (" + _from_json("counter", "want", "cap", "window_end") + ") WHERE true "
+    "ON CONFLICT (counter) DO UPDATE SET "
+    "granted = CASE WHEN window_end <= ?2 THEN min(excluded.want, max(0, excluded.cap)) "
+    "ELSE min(excluded.want, max(0, excluded.cap - count)) END, "
+    "count = CASE WHEN window_end <= ?2 THEN min(excluded.want, max(0, excluded.cap)) "
+    "ELSE count + min(excluded.want, max(0, excluded.cap - count)) END, "
+    "window_end = CASE WHEN window_end <= ?2 THEN excluded.window_end ELSE window_end END "
+    "RETURNING counter, granted, count, window_end"
+)
+RELEASE = "UPDATE windows SET count = max(0, count - ?3) WHERE counter = ?1 AND window_end = ?2"
 ADD_ROLLUPS = (
-    "INSERT INTO usage_daily (key_id, action, day, account_id, calls, credits) "
-    + _from_json("key_id", "action", "day", "account_id", "calls", "credits")
+    "INSERT INTO usage_daily "
+    "(key_id, action, day, account_id, calls, credits, requests, last_used_at) "
+    + _from_json(
+        "key_id", "action", "day", "account_id", "calls", "credits", "requests", "last_used_at"
+    )
     + " ON CONFLICT (account_id, key_id, day, action) DO UPDATE SET "
-    "calls = calls + excluded.calls, credits = credits + excluded.credits"
-)
-ADD_KEY_TOTALS = (
-    "UPDATE keys SET total_requests = total_requests + t.requests, "
-    "total_calls = total_calls + t.calls, total_credits = total_credits + t.credits, "
-    "last_used_at = CASE WHEN t.last_used IS NULL THEN last_used_at "
-    "ELSE max(coalesce(last_used_at, 0), t.last_used) END "
-    "FROM (" + _from_json("id", "requests", "calls", "credits", "last_used") + ") AS t "
-    "WHERE keys.id = t.id"
-)
-ADD_COUNTERS = (
-    "INSERT INTO counters (subject, period, count) "
-    + _from_json("subject", "period", "amount")
-    + " ON CONFLICT (subject, period) DO UPDATE SET count = count + excluded.count"
+    "calls = calls + excluded.calls, credits = credits + excluded.credits, "
+    "requests = requests + excluded.requests, "
+    "last_used_at = CASE WHEN excluded.last_used_at IS NULL THEN last_used_at "
+    "WHEN last_used_at IS NULL THEN excluded.last_used_at "
+    "ELSE max(last_used_at, excluded.last_used_at) END"
 )
 SET_LABELS = (
     "INSERT INTO actions (action, label) "
     + _from_json("action", "label")
     + " ON CONFLICT (action) DO UPDATE SET label = excluded.label"
 )
+TOTALS = (
+    "SELECT coalesce(sum(requests), 0), coalesce(sum(calls), 0), coalesce(sum(credits), 0), "
+    "max(last_used_at) FROM usage_daily WHERE account_id = ? AND day BETWEEN ? AND ?"
+)
+# One subquery form per case, so that each can use the primary key.
+REQUESTS_SINCE = (
+    "SELECT CASE WHEN key_id IS NULL THEN "
+    "(SELECT coalesce(sum(u.requests), 0) FROM usage_daily u "
+    "WHERE u.account_id = s.account_id AND u.day >= s.first_day) "
+    "ELSE (SELECT coalesce(sum(u.requests), 0) FROM usage_daily u "
+    "WHERE u.account_id = s.account_id AND u.key_id = s.key_id AND u.day >= s.first_day) END "
+    "FROM (SELECT key AS n, json_extract(value, '$[0]') AS account_id, "
+    "json_extract(value, '$[1]') AS key_id, json_extract(value, '$[2]') AS first_day "
+    "FROM json_each(?1)) s ORDER BY s.n"
+)
+
+
+def claim_row(c: Claim) -> tuple[Any, ...]:
+    return (c.counter, c.want, c.limit, c.window_end)
 
 
 def rollup_row(r: Rollup) -> tuple[Any, ...]:
-    return (r.key_id, r.action, r.day, r.account_id, r.calls, r.credits)
-
-
-def totals_row(item: tuple[str, KeyTotals]) -> tuple[Any, ...]:
-    key_id, t = item
-    return (key_id, t.requests, t.calls, t.credits, t.last_used_at)
+    return (
+        r.key_id, r.action, r.day, r.account_id, r.calls, r.credits, r.requests, r.last_used_at
+    )  # fmt: skip

@@ -9,12 +9,14 @@ only:
   order of their end, each with `retire_old_at` = the end of the secret added before it.
   `add_secret` lowers the other secrets' ends to `min(end, retire_old_at)`, so this order
   rebuilds every secret's end exactly, the current one (no end) last;
-- `record(UsageBatch(...))` for rollups (which also rebuilds the keys' lifetime calls and
-  credits), key activity (lifetime requests and last use), counters and action labels.
+- `record(UsageBatch(...))` for rollups (from which every total and last use is summed)
+  and action labels;
+- `reserve` for the counters' live windows (with no limit: each gets its count back).
 
 What is copied: accounts, keys with every field, every secret hash with its end (those in
-a rotation grace period, and expired ones, which stay inert), monthly counters, daily
-rollups, lifetime totals and last use, and action labels. Nothing else exists in a store.
+a rotation grace period, and expired ones, which stay inert), the counters' live windows
+(ended ones are nothing to carry), daily rollups (so lifetime totals and last use), and
+action labels. Nothing else exists in a store.
 
 Rules:
 
@@ -22,8 +24,8 @@ Rules:
   copying twice would double every count. With `merge=True` the destination may hold
   data: the source's accounts are added (an existing account keeps its creation time),
   its keys and secrets are added and must not exist there yet (a conflict refuses the
-  whole copy before anything is written), and its counters, rollups and totals are
-  *added* to the destination's. Labels the destination already has are kept. This is
+  whole copy before anything is written), and its counters and rollups are *added* to
+  the destination's. Labels the destination already has are kept. This is
   for folding several stores (one SQLite file per host, say) into one.
 - Stop the services using the source first: a running process holds reserved quota
   units it returns to the source at shutdown, and buffers usage it writes there.
@@ -39,18 +41,18 @@ Rules:
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from meterware.errors import MeterwareError
 from meterware.storage.base import Storage, Transferable
-from meterware.storage.records import KeyActivity, KeyTotals, Rollup, Snapshot, UsageBatch
+from meterware.storage.records import Claim, Snapshot, UsageBatch
 
 __all__ = ["CopyReport", "TransferError", "copy", "copy_urls", "export"]
 
 BATCH = 2000
-"""Rows per `record` call (each is one transaction)."""
+"""Rows per `record` or `reserve` call (each is one transaction)."""
+UNLIMITED = 2**62
 
 
 class TransferError(MeterwareError):
@@ -96,9 +98,9 @@ async def copy(
     src = await export(source)
     before = await export(destination)
     plans = _plan(src, before, merge=merge)
-    await _write(destination, src, before, plans)
+    await _write(destination, src, before, plans, now)
     after = await export(destination)
-    expected = _combine(before, src)
+    expected = _combine(before, src, now)
     if merge:
         problems = _compare_keys(expected, after, set(src.keys), set(src.secrets))
     else:
@@ -147,9 +149,6 @@ def _plan(
             )
         # By end, the current secret (no end) last; ties by hash, to be deterministic.
         secrets.sort(key=lambda s: (s[1] is None, s[1] or 0.0, s[0]))
-        totals = src.totals.get(key_id, KeyTotals())
-        if totals.requests and totals.last_used_at is None:
-            raise TransferError(f"key {key_id} has {totals.requests} requests but no last use")
     return plans
 
 
@@ -158,6 +157,7 @@ async def _write(
     src: Snapshot,
     before: Snapshot,
     plans: dict[str, list[tuple[str, float | None]]],
+    now: float,
 ) -> None:
     for account_id, created_at in sorted(src.accounts.items()):
         await dest.ensure_account(account_id, created_at)
@@ -168,62 +168,50 @@ async def _write(
             assert end is not None  # only the last secret has no end
             await dest.add_secret(key.id, hash_, retire_old_at=end)
             end = next_end
-    rollups = [
-        Rollup(a, k, act, day, calls, credits)
-        for (a, k, act, day), (calls, credits) in sorted(src.rollups.items())
-    ]
-    activity = [
-        KeyActivity(key_id, t.requests, t.last_used_at)
-        for key_id, t in sorted(src.totals.items())
-        if t.last_used_at is not None
-    ]
-    counters = [(s, p, n) for (s, p), n in sorted(src.counters.items())]
+    rollups = [src.rollups[k] for k in sorted(src.rollups)]
     labels = {a: label for a, label in src.labels.items() if a not in before.labels}
-    for batch in _batches(rollups, activity, counters, labels):
-        await dest.record(batch)
-
-
-def _batches(
-    rollups: list[Rollup],
-    activity: list[KeyActivity],
-    counters: list[tuple[str, str, int]],
-    labels: dict[str, str],
-) -> Iterator[UsageBatch]:
-    parts = max(1, -(-max(len(rollups), len(activity), len(counters)) // BATCH))
-    for i in range(parts):
-        part = slice(i * BATCH, (i + 1) * BATCH)
-        yield UsageBatch(
-            rollups=rollups[part],
-            activity=activity[part],
-            counters=counters[part],
-            labels=labels if i == 0 else {},
+    for start in range(0, max(1, len(rollups)), BATCH):
+        batch = UsageBatch(
+            rollups=rollups[start : start + BATCH], labels=labels if not start else {}
         )
+        await dest.record(batch)
+    claims = [
+        Claim(name, count, UNLIMITED, end) for name, (end, count) in sorted(_live(src, now).items())
+    ]
+    for start in range(0, len(claims), BATCH):
+        await dest.reserve(claims[start : start + BATCH], now)
 
 
-def _combine(before: Snapshot, src: Snapshot) -> Snapshot:
+def _live(snap: Snapshot, now: float) -> dict[str, tuple[float, int]]:
+    """The counters whose window is live at `now`."""
+    return {name: window for name, window in snap.counters.items() if window[0] > now}
+
+
+def _combine(before: Snapshot, src: Snapshot, now: float) -> Snapshot:
     """What the destination should hold after the copy: `before` plus the source."""
     out = Snapshot(
         accounts={**src.accounts, **before.accounts},
         keys={**before.keys, **src.keys},
-        totals={**before.totals, **src.totals},
         secrets={**before.secrets, **src.secrets},
         counters=dict(before.counters),
-        rollups=dict(before.rollups),
+        rollups={k: dataclasses.replace(r) for k, r in before.rollups.items()},
         labels={**src.labels, **before.labels},
     )
-    for name, count in src.counters.items():
-        out.counters[name] = out.counters.get(name, 0) + count
-    for row, (calls, credits) in src.rollups.items():
-        c, cr = out.rollups.get(row, (0, 0))
-        out.rollups[row] = (c + calls, cr + credits)
-    # Rollups of copied keys rebuild their totals; rollups written for keys that already
-    # were in the destination would add to theirs (key ids are disjoint, so none do).
+    for name, (end, count) in _live(src, now).items():
+        window = out.counters.get(name)
+        live = window is not None and window[0] > now
+        out.counters[name] = (window[0], window[1] + count) if window and live else (end, count)
+    for k, rollup in src.rollups.items():
+        if k in out.rollups:
+            out.rollups[k].add(rollup)
+        else:
+            out.rollups[k] = dataclasses.replace(rollup)
     return out
 
 
 def _compare(expected: Snapshot, actual: Snapshot) -> list[str]:
     problems = []
-    for part in ("accounts", "keys", "totals", "secrets", "counters", "rollups", "labels"):
+    for part in ("accounts", "keys", "secrets", "counters", "rollups", "labels"):
         want, got = getattr(expected, part), getattr(actual, part)
         if want != got:
             missing = [k for k in want if want.get(k) != got.get(k)]
@@ -242,7 +230,7 @@ def _compare_keys(
     for key_id in sorted(key_ids):
         if actual.keys.get(key_id) != expected.keys[key_id]:
             problems.append(f"key {key_id} differs")
-        if actual.totals.get(key_id) != expected.totals[key_id]:
+        if actual.totals(key_id) != expected.totals(key_id):
             problems.append(f"totals of key {key_id} differ")
     wrong = [h for h in hashes if actual.secrets.get(h) != expected.secrets[h]]
     if wrong:
@@ -262,9 +250,9 @@ def _report(src: Snapshot, *, now: float, merged: bool) -> CopyReport:
         counters=len(src.counters),
         rollups=len(src.rollups),
         labels=len(src.labels),
-        calls=sum(calls for calls, _ in src.rollups.values()),
-        credits=sum(credits for _, credits in src.rollups.values()),
-        requests=sum(t.requests for t in src.totals.values()),
+        calls=sum(r.calls for r in src.rollups.values()),
+        credits=sum(r.credits for r in src.rollups.values()),
+        requests=sum(r.requests for r in src.rollups.values()),
         merged=merged,
     )
 
