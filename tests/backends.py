@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import os
+import re
 import secrets
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -121,6 +122,23 @@ def _resp(command: list[str]) -> bytes:
         data = arg.encode()
         out.append(b"$%d\r\n%s\r\n" % (len(data), data))
     return b"".join(out)
+
+
+def flush_redis_db(redis_url: str, db: int) -> str:
+    """Empty one Redis database index (never db 0); the URL of that database."""
+    assert db != 0
+    url = re.sub(r"/\d*$", "", redis_url.rstrip("/")) + f"/{db}"
+    parts = urlsplit(url)
+    command = f"*2\r\n$6\r\nSELECT\r\n${len(str(db))}\r\n{db}\r\n*1\r\n$7\r\nFLUSHDB\r\n"
+    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 5) as s:
+        s.sendall(command.encode())  # plain RESP: no client library needed
+        reply = b""
+        while reply.count(b"\r\n") < 2:
+            chunk = s.recv(256)
+            assert chunk, "Redis closed the connection"
+            reply += chunk
+    assert reply == b"+OK\r\n+OK\r\n", reply
+    return url
 
 
 # -- storage backends --------------------------------------------------------------------
@@ -240,3 +258,39 @@ ALL_STORAGES = {
 
 DURABLE_STORAGES = [ALL_STORAGES["sqlite"], ALL_STORAGES["postgres"]]
 """The backends whose data outlives the store object (a restart, another process)."""
+
+
+class RedisWindows(Backend):
+    """Per-minute windows in Redis (a counter store, not a whole store): a database index
+    of its own, flushed before and after."""
+
+    DB = 11
+
+    def __init__(self, server_url: str) -> None:
+        self.redis_url = flush_redis_db(server_url, self.DB)
+        super().__init__("redis", "async+" + self.redis_url)
+
+    def new(self, **options: Any) -> Any:
+        from meterware.windows import RedisCounters
+
+        counters = RedisCounters(self.url)
+        self.stores.append(counters)  # type: ignore[arg-type]
+        return counters
+
+    async def cleanup(self) -> None:
+        await super().cleanup()
+        flush_redis_db(self.redis_url, self.DB)
+
+
+def _redis(tmp_path: Path) -> Backend:
+    return RedisWindows(require_redis())
+
+
+COUNTER_STORES = [
+    *ALL_STORAGES.values(),
+    pytest.param(_redis, marks=pytest.mark.redis, id="redis"),
+]
+"""Every place counters live: the stores, and Redis (per-minute windows)."""
+
+SHARED_COUNTER_STORES = [*DURABLE_STORAGES, COUNTER_STORES[-1]]
+"""The places counters live that several processes share."""

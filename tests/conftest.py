@@ -4,6 +4,7 @@
   SQLite, PostgreSQL); `durable_backend` the same over the backends that outlive a store
   object (SQLite, PostgreSQL).
 - `store`: an open store on `backend` (the storage contract runs on it);
+- `counters`: an open counter store on `counter_backend` (every backend, and Redis);
   `durable_store` on `durable_backend`; `sqlite_store` on a SQLite file of its own (the
   middleware's tests, where one real backend is enough).
 - `clock`: a `FakeClock` at 2026-04-12T14:30:00 UTC, or at the time a module or test
@@ -14,11 +15,18 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from meterware.storage import Storage, storage_from_url
-from tests.backends import ALL_STORAGES, DURABLE_STORAGES, Backend
+from tests.backends import (
+    ALL_STORAGES,
+    COUNTER_STORES,
+    DURABLE_STORAGES,
+    SHARED_COUNTER_STORES,
+    Backend,
+)
 from tests.utils import FakeClock
 
 
@@ -64,6 +72,36 @@ async def durable_store(durable_backend: Backend) -> Storage:
     s = durable_backend.new()
     await s.open()
     return s
+
+
+@pytest.fixture(params=COUNTER_STORES)
+async def counter_backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """A fresh place for counters: every store backend, and Redis."""
+    make: Callable[[Path], Backend] = request.param
+    b = make(tmp_path)
+    yield b
+    await b.cleanup()
+
+
+@pytest.fixture(params=SHARED_COUNTER_STORES)
+async def shared_counter_backend(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> AsyncIterator[Backend]:
+    """Like `counter_backend`, over the places several processes share (SQLite,
+    PostgreSQL, Redis)."""
+    make: Callable[[Path], Backend] = request.param
+    b = make(tmp_path)
+    yield b
+    await b.cleanup()
+
+
+@pytest.fixture
+async def counters(counter_backend: Backend) -> Any:
+    """An open counter store on `counter_backend` (`reserve`, `release`, `counter`)."""
+    c = counter_backend.new()
+    if isinstance(c, Storage):
+        await c.open()
+    return c
 
 
 @pytest.fixture

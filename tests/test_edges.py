@@ -54,11 +54,11 @@ async def test_month_rollover_never_over_admits():
     await store.open()
     leases = Leases(store)
     march_end, april_end = at("2026-04-01T00:00:00"), at("2026-05-01T00:00:00")
-    march = Want("month:k", 1, 10_000, march_end, 1 / 100, 60.0)
+    march = Want("month:k", 1, 10_000, 1 / 100, 60.0, end=march_end)
     assert await leases.take(march, march_end - 1)
     lease = leases.get("month:k")
     assert lease is not None and lease.free > 0
-    april = Want("month:k", 1, 10_000, april_end, 1 / 100, 60.0)
+    april = Want("month:k", 1, 10_000, 1 / 100, 60.0, end=april_end)
     assert await leases.take(april, march_end)
     lease = leases.get("month:k")
     assert lease is not None and lease.end == april_end

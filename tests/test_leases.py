@@ -18,11 +18,11 @@ END = 1_777_593_600.0  # a month window's end
 
 
 def month(limit: int, amount: int = 1, counter: str = "month:k") -> Want:
-    return Want(counter, amount, limit, END, 1 / 100, 60.0)
+    return Want(counter, amount, limit, 1 / 100, 60.0, end=END)
 
 
 def minute(limit: int, now: float = NOW, counter: str = "minute:k") -> Want:
-    return Want(counter, 1, limit, now + 60, 1 / 40, 5.0)
+    return Want(counter, 1, limit, 1 / 40, 5.0, window=60)
 
 
 @pytest.fixture(params=[pytest.param("memory", marks=pytest.mark.memory),

@@ -23,9 +23,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.backends import PostgresBackend, require_postgres, require_redis
+from tests.backends import PostgresBackend, flush_redis_db, require_postgres, require_redis
 from tests.servers import Uvicorn
-from tests.test_scale_out import cli, flush_redis_db
+from tests.test_scale_out import cli
 
 pytestmark = pytest.mark.slow
 

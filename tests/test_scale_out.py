@@ -11,19 +11,17 @@ import asyncio
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
 
-from tests.backends import PostgresBackend, require_postgres, require_redis
+from tests.backends import PostgresBackend, flush_redis_db, require_postgres, require_redis
 from tests.servers import Uvicorn
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres, pytest.mark.redis]
@@ -41,23 +39,6 @@ def cli(*args: str, env: dict[str, str]) -> Any:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
-
-
-def flush_redis_db(redis_url: str, db: int) -> str:
-    """Empty one Redis database index (never db 0); the URL of that database."""
-    assert db != 0
-    url = re.sub(r"/\d*$", "", redis_url.rstrip("/")) + f"/{db}"
-    parts = urlsplit(url)
-    command = f"*2\r\n$6\r\nSELECT\r\n${len(str(db))}\r\n{db}\r\n*1\r\n$7\r\nFLUSHDB\r\n"
-    with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 6379), 5) as s:
-        s.sendall(command.encode())  # plain RESP: no client library needed
-        reply = b""
-        while reply.count(b"\r\n") < 2:
-            chunk = s.recv(256)
-            assert chunk, "Redis closed the connection"
-            reply += chunk
-    assert reply == b"+OK\r\n+OK\r\n", reply
-    return url
 
 
 async def burst(base: str, path: str, secret: str, n: int = 200) -> list[tuple[int, str]]:

@@ -71,7 +71,7 @@ def rollup(
 
 
 async def reserve(
-    store: Storage, counter: str, want: int, limit: int, end: float = END, now: float = NOW
+    store: Any, counter: str, want: int, limit: int, end: float = END, now: float = NOW
 ) -> tuple[int, int]:
     """One claim: (granted, count)."""
     (grant,) = await store.reserve([Claim(counter, want, limit, end)], now)
@@ -437,136 +437,147 @@ class TestKeyChanges:
 
 
 class TestCounters:
-    async def test_untouched_counter_is_zero(self, store: Storage) -> None:
+    """Counters, against every store and Redis (where per-minute windows may live)."""
+
+    async def test_untouched_counter_is_zero(self, counters: Any) -> None:
         """A counter never reserved reads 0."""
-        assert await store.counter("month:key_1", NOW) == 0
+        assert await counters.counter("month:key_1", NOW) == 0
 
-    async def test_reserve_grants_up_to_the_limit(self, store: Storage) -> None:
+    async def test_reserve_grants_up_to_the_limit(self, counters: Any) -> None:
         """reserve grants (granted, count) and never takes the count past the limit."""
-        assert await reserve(store, "month:key_1", 4, 10) == (4, 4)
-        assert await reserve(store, "month:key_1", 4, 10) == (4, 8)
-        assert await reserve(store, "month:key_1", 4, 10) == (2, 10)  # only 2 left
-        assert await reserve(store, "month:key_1", 4, 10) == (0, 10)
-        assert await store.counter("month:key_1", NOW) == 10
+        assert await reserve(counters, "month:key_1", 4, 10) == (4, 4)
+        assert await reserve(counters, "month:key_1", 4, 10) == (4, 8)
+        assert await reserve(counters, "month:key_1", 4, 10) == (2, 10)  # only 2 left
+        assert await reserve(counters, "month:key_1", 4, 10) == (0, 10)
+        assert await counters.counter("month:key_1", NOW) == 10
 
-    async def test_first_reserve_over_the_limit_is_partial(self, store: Storage) -> None:
+    async def test_first_reserve_over_the_limit_is_partial(self, counters: Any) -> None:
         """A first reserve asking for more than the limit gets the limit."""
-        assert await reserve(store, "month:key_1", 25, 10) == (10, 10)
+        assert await reserve(counters, "month:key_1", 25, 10) == (10, 10)
 
-    async def test_reserve_with_nothing_left(self, store: Storage) -> None:
+    async def test_reserve_with_nothing_left(self, counters: Any) -> None:
         """A limit of 0 grants nothing; a count above a lowered limit grants nothing."""
-        assert await reserve(store, "month:key_1", 5, 0) == (0, 0)
-        assert await reserve(store, "month:key_2", 8, 2**62) == (8, 8)
-        assert await reserve(store, "month:key_2", 5, 5) == (0, 8)
-        assert await store.counter("month:key_1", NOW) == 0
-        assert await store.counter("month:key_2", NOW) == 8
+        assert await reserve(counters, "month:key_1", 5, 0) == (0, 0)
+        assert await reserve(counters, "month:key_2", 8, 2**62) == (8, 8)
+        assert await reserve(counters, "month:key_2", 5, 5) == (0, 8)
+        assert await counters.counter("month:key_1", NOW) == 0
+        assert await counters.counter("month:key_2", NOW) == 8
 
-    async def test_counters_are_separate(self, store: Storage) -> None:
+    async def test_counters_are_separate(self, counters: Any) -> None:
         """Each counter counts alone."""
-        await reserve(store, "month:key_1", 3, 10)
-        await reserve(store, "minute:key_1", 5, 10, end=NOW + 60)
-        await reserve(store, "month:key_2", 7, 10)
-        assert await store.counter("month:key_1", NOW) == 3
-        assert await store.counter("minute:key_1", NOW) == 5
-        assert await store.counter("month:key_2", NOW) == 7
-        assert await store.counter("minute:key_2", NOW) == 0
+        await reserve(counters, "month:key_1", 3, 10)
+        await reserve(counters, "minute:key_1", 5, 10, end=NOW + 60)
+        await reserve(counters, "month:key_2", 7, 10)
+        assert await counters.counter("month:key_1", NOW) == 3
+        assert await counters.counter("minute:key_1", NOW) == 5
+        assert await counters.counter("month:key_2", NOW) == 7
+        assert await counters.counter("minute:key_2", NOW) == 0
 
-    async def test_one_round_trip_reserves_several_counters(self, store: Storage) -> None:
+    async def test_one_round_trip_reserves_several_counters(self, counters: Any) -> None:
         """Several claims are granted in one call, each by its own limit, in order."""
         claims = [
             Claim("minute:key_1", 5, 3, NOW + 60),
             Claim("month:key_1", 5, 10, END),
             Claim("credits:key_1", 30, 100, END),
         ]
-        assert await store.reserve(claims, NOW) == [
+        assert await counters.reserve(claims, NOW) == [
             Grant(3, 3, NOW + 60),
             Grant(5, 5, END),
             Grant(30, 30, END),
         ]
-        again = await store.reserve(claims[::-1], NOW + 1)
+        again = await counters.reserve(claims[::-1], NOW + 1)
         assert again == [Grant(30, 60, END), Grant(5, 10, END), Grant(0, 3, NOW + 60)]
 
-    async def test_a_live_window_keeps_its_end(self, store: Storage) -> None:
+    async def test_a_live_window_keeps_its_end(self, counters: Any) -> None:
         """A claim on a live window counts in it, whatever end the claim proposes."""
-        assert await store.reserve([Claim("minute:k", 1, 10, NOW + 60)], NOW) == [
+        assert await counters.reserve([Claim("minute:k", 1, 10, NOW + 60)], NOW) == [
             Grant(1, 1, NOW + 60)
         ]
-        later = await store.reserve([Claim("minute:k", 1, 10, NOW + 90)], NOW + 30)
+        later = await counters.reserve([Claim("minute:k", 1, 10, NOW + 90)], NOW + 30)
         assert later == [Grant(1, 2, NOW + 60)]
 
-    async def test_an_ended_window_starts_again_from_zero(self, store: Storage) -> None:
+    async def test_an_ended_window_starts_again_from_zero(self, counters: Any) -> None:
         """At or after a window's end, the next claim opens a new window at its end."""
-        await reserve(store, "minute:k", 10, 10, end=NOW + 60)
-        assert await reserve(store, "minute:k", 1, 10, end=NOW + 60) == (0, 10)
-        assert await store.counter("minute:k", NOW + 60) == 0  # ended: nothing counts
-        assert await store.reserve([Claim("minute:k", 4, 10, NOW + 120)], NOW + 60) == [
+        await reserve(counters, "minute:k", 10, 10, end=NOW + 60)
+        assert await reserve(counters, "minute:k", 1, 10, end=NOW + 60) == (0, 10)
+        assert await counters.counter("minute:k", NOW + 60) == 0  # ended: nothing counts
+        assert await counters.reserve([Claim("minute:k", 4, 10, NOW + 120)], NOW + 60) == [
             Grant(4, 4, NOW + 120)
         ]
-        assert await store.counter("minute:k", NOW + 61) == 4
+        assert await counters.counter("minute:k", NOW + 61) == 4
 
-    async def test_release_gives_units_back(self, store: Storage) -> None:
+    async def test_release_gives_units_back(self, counters: Any) -> None:
         """Released units of the same window can be reserved again."""
-        await reserve(store, "month:key_1", 10, 10)
-        await store.release("month:key_1", END, 4)
-        assert await store.counter("month:key_1", NOW) == 6
-        assert await reserve(store, "month:key_1", 10, 10) == (4, 10)
+        await reserve(counters, "month:key_1", 10, 10)
+        await counters.release("month:key_1", END, 4)
+        assert await counters.counter("month:key_1", NOW) == 6
+        assert await reserve(counters, "month:key_1", 10, 10) == (4, 10)
 
-    async def test_release_into_another_window_does_nothing(self, store: Storage) -> None:
+    async def test_release_into_another_window_does_nothing(self, counters: Any) -> None:
         """Units of an ended window are not given back to the window that followed it."""
-        await reserve(store, "minute:k", 5, 10, end=NOW + 60)
-        await reserve(store, "minute:k", 3, 10, end=NOW + 120, now=NOW + 60)
-        await store.release("minute:k", NOW + 60, 5)
-        assert await store.counter("minute:k", NOW + 61) == 3
+        await reserve(counters, "minute:k", 5, 10, end=NOW + 60)
+        await reserve(counters, "minute:k", 3, 10, end=NOW + 120, now=NOW + 60)
+        await counters.release("minute:k", NOW + 60, 5)
+        assert await counters.counter("minute:k", NOW + 61) == 3
 
-    async def test_release_floors_at_zero(self, store: Storage) -> None:
+    async def test_release_floors_at_zero(self, counters: Any) -> None:
         """Releasing more than the count leaves 0; releasing an unknown counter is a no-op."""
-        await reserve(store, "month:key_1", 3, 10)
-        await store.release("month:key_1", END, 5)
-        assert await store.counter("month:key_1", NOW) == 0
-        await store.release("month:key_nope", END, 5)
-        assert await store.counter("month:key_nope", NOW) == 0
+        await reserve(counters, "month:key_1", 3, 10)
+        await counters.release("month:key_1", END, 5)
+        assert await counters.counter("month:key_1", NOW) == 0
+        await counters.release("month:key_nope", END, 5)
+        assert await counters.counter("month:key_nope", NOW) == 0
 
-    async def test_a_huge_limit_counts_freely(self, store: Storage) -> None:
+    async def test_a_huge_limit_counts_freely(self, counters: Any) -> None:
         """With a limit out of reach every unit is granted (a cost raised at run time)."""
-        assert await reserve(store, "credits:key_1", 5, 2**62) == (5, 5)
-        assert await reserve(store, "credits:key_1", 1_000_000, 2**62) == (1_000_000, 1_000_005)
-        assert await store.counter("credits:key_1", NOW) == 1_000_005
+        assert await reserve(counters, "credits:key_1", 5, 2**62) == (5, 5)
+        assert await reserve(counters, "credits:key_1", 1_000_000, 2**62) == (1_000_000, 1_000_005)
+        assert await counters.counter("credits:key_1", NOW) == 1_000_005
 
-    async def test_concurrent_reserves_never_exceed_the_limit(self, store: Storage) -> None:
+    async def test_concurrent_reserves_never_exceed_the_limit(self, counters: Any) -> None:
         """200 concurrent reserves (want=1, limit=50) grant exactly 50, each a distinct count."""
-        results = await asyncio.gather(*(reserve(store, "month:key_1", 1, 50) for _ in range(200)))
+        results = await asyncio.gather(
+            *(reserve(counters, "month:key_1", 1, 50) for _ in range(200))
+        )
         granted = [count for got, count in results if got]
         assert sum(got for got, _ in results) == 50
         assert sorted(granted) == list(range(1, 51))
         assert all(count == 50 for got, count in results if not got)
-        assert await store.counter("month:key_1", NOW) == 50
+        assert await counters.counter("month:key_1", NOW) == 50
 
-    async def test_concurrent_block_reserves_split_the_remainder(self, store: Storage) -> None:
+    async def test_concurrent_block_reserves_split_the_remainder(self, counters: Any) -> None:
         """40 concurrent reserves of 7 against 100: 14 full grants, one of 2, none over."""
-        results = await asyncio.gather(*(reserve(store, "month:key_1", 7, 100) for _ in range(40)))
+        results = await asyncio.gather(
+            *(reserve(counters, "month:key_1", 7, 100) for _ in range(40))
+        )
         grants = sorted(got for got, _ in results if got)
         assert grants == [2] + [7] * 14
-        assert await store.counter("month:key_1", NOW) == 100
+        assert await counters.counter("month:key_1", NOW) == 100
 
-    async def test_concurrent_multi_claims_in_opposite_orders(self, store: Storage) -> None:
+    async def test_concurrent_multi_claims_in_opposite_orders(self, counters: Any) -> None:
         """Reservations of two counters in opposite orders, at once, neither deadlock nor
         over-grant."""
         pair = [Claim("minute:k", 1, 30, NOW + 60), Claim("month:k", 1, 40, END)]
         results = await asyncio.gather(
-            *(store.reserve(pair if i % 2 else pair[::-1], NOW) for i in range(100))
+            *(counters.reserve(pair if i % 2 else pair[::-1], NOW) for i in range(100))
         )
-        assert await store.counter("minute:k", NOW) == 30
-        assert await store.counter("month:k", NOW) == 40
+        assert await counters.counter("minute:k", NOW) == 30
+        assert await counters.counter("month:k", NOW) == 40
         minute = sum(g[0 if i % 2 else 1].granted for i, g in enumerate(results))
         assert minute == 30
 
-    async def test_concurrent_reserves_across_connections(self, durable_backend: Backend) -> None:
+    async def test_concurrent_reserves_across_connections(
+        self, shared_counter_backend: Backend
+    ) -> None:
         """Stores on separate connections (separate processes) racing grant exactly 50."""
         # Two SQLite connections on one file; two PostgreSQL pools of several connections.
-        options = {"min_size": 5, "max_size": 10} if durable_backend.name == "postgres" else {}
-        stores = [durable_backend.new(**options) for _ in range(2)]
+        options = (
+            {"min_size": 5, "max_size": 10} if shared_counter_backend.name == "postgres" else {}
+        )
+        stores = [shared_counter_backend.new(**options) for _ in range(2)]
         for s in stores:
-            await s.open()
+            if isinstance(s, Storage):
+                await s.open()
         results = await asyncio.gather(
             *(reserve(stores[i % 2], "month:key_1", 1, 50) for i in range(200))
         )

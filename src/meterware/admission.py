@@ -32,7 +32,7 @@ from meterware.leases import Leases, Want
 from meterware.ledger import Meter
 from meterware.metering import Cost
 from meterware.reported import MonthView, MonthViews, Subject
-from meterware.responses import Denial, Headers, RateLimitHeaders, retry_after
+from meterware.responses import Denial, HeaderParts, Headers, RateLimitHeaders, retry_after
 from meterware.tiers import Limits
 from meterware.windows import WINDOW
 
@@ -49,7 +49,10 @@ class Plan:
     """What admission needs to know of a caller, worked out once per caller: its limits,
     the names of its counters, its current billing period and month view."""
 
-    __slots__ = ("caller", "credits", "limits", "minute", "month", "period", "subject", "view")
+    __slots__ = (
+        "caller", "credits", "header_parts", "limits", "minute", "month", "needs", "period",
+        "subject", "view",
+    )  # fmt: skip
 
     def __init__(self, caller: Caller, limits: Limits, *, limit_by: str, minute_by: str) -> None:
         key = Subject(caller.account_id, caller.key_id)
@@ -62,14 +65,22 @@ class Plan:
         self.credits = f"credits:{self.subject.name}"
         self.period = month_period(0.0, limits.anchor_day)
         self.view: MonthView | None = None
+        self.needs: dict[int, Needs] = {}  # by the route's credits, for this period
+        self.header_parts: HeaderParts | None = None  # for this period
 
     def period_at(self, now: float) -> MonthPeriod:
-        """The billing period containing `now` (recomputed only when the last one ends)."""
+        """The billing period containing `now` (recomputed only when the last one ends:
+        then what depends on it is worked out again)."""
         period = self.period
         if not period.start <= now < period.end:
             period = self.period = month_period(now, self.limits.anchor_day)
-            self.view = None
+            self.view, self.needs, self.header_parts = None, {}, None
         return period
+
+
+Needs = tuple[tuple[str, Leases, Want, tuple[Want, ...]], ...]
+"""What a request needs: for each concern, where its units are leased, what units, and
+the wants of the later concerns leased in the same place (topped up in one trip)."""
 
 
 class Outages:
@@ -137,44 +148,55 @@ class Admission:
         self.minute_idle = min(lease_idle, MINUTE_IDLE)
         self.outages = Outages()
 
-    def _wants(self, plan: Plan, cost: Cost, now: float) -> list[tuple[str, Leases, Want]]:
-        """The units a request needs: (concern, where they are leased, what)."""
-        limits, end = plan.limits, plan.period_at(now).end
-        wants = []
+    def _needs(self, plan: Plan, credits: int, now: float) -> Needs:
+        """The units a request to a route that costs `credits` needs (worked out once per
+        caller, route cost and period)."""
+        end = plan.period_at(now).end
+        needs = plan.needs.get(credits)
+        if needs is not None:
+            return needs
+        limits, wants = plan.limits, []
         if limits.per_minute is not None:
-            minute = Want(
-                plan.minute, 1, limits.per_minute, now + WINDOW, MINUTE_SHARE, self.minute_idle
-            )
+            minute = Want(plan.minute, 1, limits.per_minute, MINUTE_SHARE, self.minute_idle, WINDOW)
             wants.append(("rate_limit", self.minutes, minute))
         if limits.monthly_requests is not None:
-            month = Want(plan.month, 1, limits.monthly_requests, end, MONTH_SHARE, self.lease_idle)
+            month = Want(
+                plan.month, 1, limits.monthly_requests, MONTH_SHARE, self.lease_idle, 0, end
+            )
             wants.append(("quota", self.leases, month))
-        if cost.credits and limits.monthly_credits is not None:
-            credits, idle = limits.monthly_credits, self.lease_idle
-            credit = Want(plan.credits, cost.credits, credits, end, MONTH_SHARE, idle)
+        if credits and limits.monthly_credits is not None:
+            allowance = limits.monthly_credits
+            credit = Want(plan.credits, credits, allowance, MONTH_SHARE, self.lease_idle, 0, end)
             wants.append(("credits", self.leases, credit))
-        return wants
+        needs = plan.needs[credits] = tuple(
+            (concern, leases, want, tuple(w for _, at, w in wants[i + 1 :] if at is leases))
+            for i, (concern, leases, want) in enumerate(wants)
+        )
+        return needs
 
     async def rate_limit(self, plan: Plan, now: float) -> Denial | None:
         """Count a request against the per-minute window only (the usage endpoint)."""
-        wants = self._wants(plan, Cost(0, "", ""), now)
-        if not wants or wants[0][0] != "rate_limit":
+        needs = self._needs(plan, 0, now)
+        if not needs or needs[0][0] != "rate_limit":
             return None
-        taken = await self._take(*wants[0], now, ())
+        _, leases, want, _ = needs[0]
+        taken = await self._take("rate_limit", leases, want, now, ())
         if isinstance(taken, Denial):
             return taken
         return None if taken is not False else self._refused(plan, now, "rate_limit")
 
     async def admit(self, plan: Plan, cost: Cost, now: float) -> Hold | Denial:
         """Admit a request to a route that costs `cost`: a `Hold`, or a `Denial`."""
-        wants = self._wants(plan, cost, now)
         taken: list[tuple[Leases, Want]] = []
         held = 0
-        for i, (concern, leases, want) in enumerate(wants):
-            also = [w for _, where, w in wants[i + 1 :] if where is leases]
-            got = await self._take(concern, leases, want, now, also)
+        for concern, leases, want, also in self._needs(plan, cost.credits, now):
+            # (units at hand are taken without a coroutine: most requests need no other)
+            got = leases.hand_out(want, now, also) or await self._take(
+                concern, leases, want, now, also
+            )
             if got is True:
-                held = want.amount if concern == "credits" else held
+                if concern == "credits":
+                    held = want.amount
                 if concern != "rate_limit":  # an attempt always uses its minute
                     taken.append((leases, want))
                 continue
@@ -185,7 +207,7 @@ class Admission:
             return got if isinstance(got, Denial) else self._refused(plan, now, concern)
         caller = plan.caller
         self.meter.admitted(caller.account_id, caller.key_id, cost, now)
-        self.views.admitted(self._view(plan, now))
+        (plan.view or self._view(plan, now)).local += 1
         return Hold(self, plan, cost, held, self.headers(plan, now), now)
 
     async def _take(
@@ -222,9 +244,7 @@ class Admission:
         return UNAVAILABLE
 
     def _view(self, plan: Plan, now: float) -> MonthView:
-        period = plan.period_at(now)
-        if plan.view is None:
-            plan.view = self.views.view(plan.subject, period)
+        plan.view = self.views.view(plan.subject, plan.period_at(now))
         return plan.view
 
     def headers(self, plan: Plan, now: float) -> Headers:
@@ -232,23 +252,22 @@ class Admission:
         (those other processes hold count as used) and when its window ends; the month's
         requests left (requests made, from the ledger and this process)."""
         limits, period = plan.limits, plan.period_at(now)
-        minute_left, minute_reset = limits.per_minute or 0, now + WINDOW
-        lease = self.minutes.get(plan.minute) if limits.per_minute is not None else None
-        if lease is not None and lease.end > now:
-            minute_left, minute_reset = lease.left(now), lease.end
+        per_minute, month_limit = limits.per_minute, limits.monthly_requests
+        parts = plan.header_parts
+        if parts is None:
+            parts = self.rate_headers.parts(per_minute, month_limit, period.length)
+            plan.header_parts = parts
+        minute_left, minute_reset = per_minute or 0, now + WINDOW
+        if per_minute is not None:
+            lease = self.minutes.get(plan.minute)
+            if lease is not None and lease.end > now:
+                minute_left, minute_reset = lease.left(now), lease.end
         month_left = 0
-        if limits.monthly_requests is not None:
-            month_left = limits.monthly_requests - self._view(plan, now).used
-        return self.rate_headers.build(
-            per_minute=limits.per_minute,
-            minute_left=minute_left,
-            minute_reset=minute_reset,
-            month_limit=limits.monthly_requests,
-            month_left=month_left,
-            month_end=period.end,
-            month_length=period.length,
-            now=now,
-        )
+        if month_limit is not None:
+            view = plan.view or self._view(plan, now)
+            month_left = month_limit - view.stored - view.local
+        build = self.rate_headers.build
+        return build(parts, minute_left, minute_reset, month_left, period.end, now)
 
 
 @dataclass(slots=True)
@@ -262,21 +281,19 @@ class Hold:
     headers: Headers  # the rate-limit headers of the response
     now: float
 
-    async def settle(self, status: int | None, credits: int) -> None:
+    def settle(self, status: int | None, credits: int) -> None:
         """Settle the call: `status` is the response's (None when the handler raised or the
         client left first), `credits` what the call costs by now (`set_cost`). Charged
-        only if the charge rule accepts the status."""
+        only if the charge rule accepts the status. Credits beyond those held are counted
+        in the background (the response is already on its way)."""
         admission, plan, now = self.admission, self.plan, self.now
         charged = credits if status is not None and admission.charge_rule(status) else 0
         if self.held > charged:
             admission.leases.give_back(plan.credits, self.held - charged, now)
         elif charged > self.held and plan.limits.monthly_credits is not None:
             end = plan.period_at(now).end
-            extra = Want(plan.credits, charged - self.held, 0, end, MONTH_SHARE, 0.0)
-            try:
-                await admission.leases.force(extra, now)
-            except StorageError as exc:
-                log.warning("could not count %d extra credits: %s", charged - self.held, exc)
+            extra = Want(plan.credits, charged - self.held, 0, MONTH_SHARE, 0.0, 0, end)
+            admission.leases.spawn(admission.leases.force(extra, now), "extra credits")
         if charged:
             caller = plan.caller
             admission.meter.charge(caller.account_id, caller.key_id, self.cost, charged, now)

@@ -57,17 +57,13 @@ def _shift(year: int, month: int, by: int) -> tuple[int, int]:
 class MonthPeriod:
     """One billing month: `[start, end)` in UTC, named by its start date."""
 
-    __slots__ = ("end", "id", "start")
+    __slots__ = ("end", "id", "length", "start")
 
     def __init__(self, start: datetime, end: datetime) -> None:
         self.start = start.timestamp()
         self.end = end.timestamp()
         self.id = start.date().isoformat()
-
-    @property
-    def length(self) -> int:
-        """The period's length in whole seconds."""
-        return int(self.end - self.start)
+        self.length = int(self.end - self.start)  # whole seconds
 
     def __repr__(self) -> str:
         return f"MonthPeriod({isoformat_ms(self.start)} .. {isoformat_ms(self.end)})"

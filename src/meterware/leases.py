@@ -50,28 +50,35 @@ class CounterStore(Protocol):
 
     async def release(self, counter: str, window_end: float, amount: int) -> None: ...
 
+    async def close(self) -> None: ...
+
 
 @dataclass(slots=True)
 class Want:
     """Units of one counter that a request needs.
 
-    `window_end` is where a window this request opens would end (now + 60 for a minute,
-    the period's end for a month); `share` the part of the limit one block may be;
-    `idle` how long unused units may stay held.
+    A window this request opens ends `window` seconds from now (a minute: 60) or, when
+    `window` is 0, at `end` (a month: the period's end); `share` is the part of the
+    limit one block may be, `idle` how long unused units may stay held.
     """
 
     counter: str
     amount: int
     limit: int
-    window_end: float
     share: float
     idle: float
+    window: float = 0.0
+    end: float = 0.0
+
+    def window_end(self, now: float) -> float:
+        """Where a window opened at `now` would end."""
+        return now + self.window if self.window else self.end
 
 
 class Lease:
     """Units of one counter's window held by this process."""
 
-    __slots__ = ("count", "end", "free", "full_until", "idle", "limit", "refill", "touched")
+    __slots__ = ("count", "end", "free", "full_until", "idle", "limit", "low", "refill", "touched")
 
     def __init__(self, want: Want) -> None:
         self.end = 0.0  # the end of the window the units belong to (0: none yet)
@@ -81,6 +88,7 @@ class Lease:
         self.idle = want.idle
         self.touched = 0.0
         self.full_until = 0.0  # the store said the window is full: refuse until then
+        self.low = 0  # below this many free units, top the lease up in the background
         self.refill: asyncio.Future[None] | None = None  # a reservation under way
 
     def left(self, now: float) -> int:
@@ -114,20 +122,30 @@ class Leases:
     def get(self, counter: str) -> Lease | None:
         return self._leases.get(counter)
 
+    def hand_out(self, want: Want, now: float, also: Sequence[Want] = ()) -> bool:
+        """Take `want.amount` units from the lease if it has them now, without I/O (and
+        top it up in the background when it runs low). False means only "not at hand":
+        `take` decides."""
+        lease = self._leases.get(want.counter)
+        if lease is None or lease.free < want.amount or lease.end <= now:
+            return False
+        if lease.limit != want.limit:
+            return False
+        lease.free -= want.amount
+        lease.touched = now
+        if lease.free < lease.low and lease.refill is None:
+            self._prefetch(want, also, now)
+        return True
+
     async def take(self, want: Want, now: float, also: Sequence[Want] = ()) -> bool:
         """Take `want.amount` units, or refuse: from the lease without I/O when it has
         them, else from the store, topping up the counters of `also` in the same round
         trip. Raises `StorageError` when the store fails."""
+        if self.hand_out(want, now, also):
+            return True
         lease = self._leases.get(want.counter)
-        if lease is not None and lease.end > now and lease.limit == want.limit:
-            if lease.free >= want.amount:
-                lease.free -= want.amount
-                lease.touched = now
-                if lease.refill is None and lease.free * 2 < self._block(lease, want):
-                    self._prefetch(want, also, now)
-                return True
-            if lease.full_until > now:
-                return False
+        if lease is not None and lease.full_until > now and lease.limit == want.limit:
+            return False
         try:
             return await self._take_from_store(want, now, also)
         except StorageError:
@@ -160,7 +178,7 @@ class Leases:
             lease.refill is None and (lease.end <= now or lease.limit != want.limit)
         ):
             if lease is not None and lease.free and lease.end > now:
-                self._spawn(self._release(want.counter, lease.end, lease.free))
+                self.spawn(self._release(want.counter, lease.end, lease.free))
             lease = self._leases[want.counter] = Lease(want)
         return lease
 
@@ -200,6 +218,7 @@ class Leases:
             lease.limit = claim.limit
             lease.touched = max(lease.touched, now)
             lease.full_until = now + self.recheck if grant.count >= claim.limit else 0.0
+            lease.low = grant.granted // 2  # half a block left: top it up in the background
 
     def _block(self, lease: Lease, want: Want) -> int:
         remaining = max(0, want.limit - lease.count) if lease.end else want.limit
@@ -207,19 +226,25 @@ class Leases:
 
     def _claim(self, lease: Lease, want: Want, now: float) -> Claim:
         short = want.amount - lease.free if lease.end > now else want.amount
-        return Claim(
-            want.counter, max(short, self._block(lease, want)), want.limit, want.window_end
-        )
+        units = max(short, self._block(lease, want))
+        return Claim(want.counter, units, want.limit, want.window_end(now))
 
     def _prefetch(self, want: Want, also: Sequence[Want], now: float) -> None:
         """Top the lease up in the background, before it runs out."""
         reservation = self._prepare([want, *also], now, self._leases[want.counter])
-        self._spawn(self._perform(reservation, now))
+        self.spawn(self._perform(reservation, now))
 
-    def _spawn(self, work: Awaitable[None]) -> None:
+    def spawn(self, work: Awaitable[None], what: str = "") -> None:
+        """Run store work in the background (kept until done, so that `release_all` can
+        wait for it). A failure is logged when `what` names the work; otherwise the next
+        request tries again."""
+
         async def run() -> None:
-            with contextlib.suppress(StorageError):  # the next request will try again
+            try:
                 await work
+            except StorageError as exc:
+                if what:
+                    log.warning("could not count %s: %s", what, exc)
 
         task = asyncio.get_running_loop().create_task(run())
         self._background.add(task)
@@ -238,7 +263,7 @@ class Leases:
         if lease.free >= want.amount:
             lease.free -= want.amount
             return
-        claim = Claim(want.counter, want.amount, 2**62, want.window_end)
+        claim = Claim(want.counter, want.amount, 2**62, want.window_end(now))
         (grant,) = await self.store.reserve([claim], now)
         self.round_trips += 1
         if grant.window_end == lease.end:
@@ -283,7 +308,7 @@ class Leases:
             if lease is not None and lease.refill is None:
                 del self._leases[counter]
                 if lease.free:
-                    self._spawn(self._release(counter, lease.end, lease.free))
+                    self.spawn(self._release(counter, lease.end, lease.free))
 
     async def _return(self, counter: str, lease: Lease) -> None:
         """Give a lease's unused units back, then forget the lease. If the store fails,

@@ -176,7 +176,7 @@ class MeterwareMiddleware:
             succeeded = True
         finally:
             final = status if succeeded and not disconnected else None
-            await hold.settle(final, call.credits)
+            hold.settle(final, call.credits)
 
     async def _deny(self, send: Send, denial: Denial, now: float) -> None:
         envelope = self.runtime.settings.envelope

@@ -101,9 +101,9 @@ async def quota_status(
 
 class MonthView:
     """A subject's requests this period: the ledger's as last read, and this process's
-    since (see module doc)."""
+    since (see module doc). A request adds 1 to `local`; nothing else runs per request."""
 
-    __slots__ = ("first_day", "local", "marked", "stored", "subject")
+    __slots__ = ("first_day", "fresh", "idle", "local", "marked", "stored", "subject")
 
     def __init__(self, subject: Subject, first_day: str) -> None:
         self.subject = subject
@@ -111,6 +111,8 @@ class MonthView:
         self.stored = 0  # the ledger's count, as last read
         self.local = 0  # admitted here and not in `stored`
         self.marked = 0  # of `local`, what the flush under way carries
+        self.fresh = True  # never read yet
+        self.idle = 0  # reads in a row with nothing new here
 
     @property
     def used(self) -> int:
@@ -124,7 +126,6 @@ class MonthViews:
         self.refresh_every = refresh
         self.chunk = chunk
         self._views: dict[tuple[Subject, str], MonthView] = {}
-        self._active: set[MonthView] = set()  # had requests since the last read
         self._next = 0.0
 
     def __len__(self) -> int:
@@ -136,37 +137,30 @@ class MonthViews:
         view = self._views.get((subject, first_day))
         if view is None:
             view = self._views[(subject, first_day)] = MonthView(subject, first_day)
-            self._active.add(view)
         return view
-
-    def admitted(self, view: MonthView) -> None:
-        view.local += 1
-        self._active.add(view)
 
     def mark(self) -> None:
         """A flush is taking what is pending: what the views counted so far goes with it."""
-        for view in self._active:
+        for view in self._views.values():
             view.marked = view.local
 
     async def read(self, store: Storage, now: float) -> None:
-        """After a flush: read the ledger's counts of the active subjects (due at most
-        every `refresh` seconds)."""
+        """After a flush: read the ledger's counts of the subjects that had requests here
+        (due at most every `refresh` seconds); forget views unused for two reads."""
         if now < self._next and now >= self._next - self.refresh_every:
             return
         self._next = now + self.refresh_every
-        views = list(self._active)
-        self._active = set()
-        try:
-            for start in range(0, len(views), self.chunk):
-                part = views[start : start + self.chunk]
-                subjects = [(v.subject.account_id, v.subject.key_id, v.first_day) for v in part]
-                for view, stored in zip(part, await store.requests_since(subjects), strict=True):
-                    view.stored, view.local, view.marked = stored, view.local - view.marked, 0
-        except BaseException:
-            self._active.update(views)
-            raise
-        read = set(views)
-        self._active |= {v for v in views if v.local}
-        for key, view in list(self._views.items()):  # forget what nobody used for a while
-            if view not in read and view not in self._active:
-                del self._views[key]
+        views = []
+        for key, view in list(self._views.items()):
+            if view.local or view.fresh:
+                views.append(view)
+            else:
+                view.idle += 1
+                if view.idle >= 2:
+                    del self._views[key]
+        for start in range(0, len(views), self.chunk):
+            part = views[start : start + self.chunk]
+            subjects = [(v.subject.account_id, v.subject.key_id, v.first_day) for v in part]
+            for view, stored in zip(part, await store.requests_since(subjects), strict=True):
+                view.stored, view.local, view.marked = stored, view.local - view.marked, 0
+                view.fresh, view.idle = False, 0

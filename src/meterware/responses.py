@@ -25,7 +25,7 @@ from starlette.types import Send
 
 from meterware.clock import isoformat_ms
 
-__all__ = ["Denial", "Envelope", "RateLimitHeaders", "Refusal", "render_json"]
+__all__ = ["Denial", "Envelope", "HeaderParts", "RateLimitHeaders", "Refusal", "render_json"]
 
 Envelope = Literal["flat", "wrapped"]
 ENVELOPES: tuple[Envelope, ...] = ("flat", "wrapped")
@@ -114,72 +114,76 @@ def retry_after(seconds: float) -> tuple[bytes, bytes]:
     return (b"retry-after", b"%d" % max(1, math.ceil(seconds)))
 
 
-class RateLimitHeaders:
-    """Builds the rate-limit headers of one response from the caller's current numbers.
+@dataclass(frozen=True, slots=True)
+class HeaderParts:
+    """What a caller's rate-limit headers share for a whole billing period: the limits,
+    the `X-RateLimit-Limit` and the `RateLimit-Policy` headers."""
 
-    The `RateLimit-Policy` value depends only on the limits and the month's length, so
-    it is built once per distinct policy and reused.
-    """
+    per_minute: int | None
+    month_limit: int | None
+    x_limit: tuple[bytes, bytes] | None
+    policy: tuple[bytes, bytes] | None
+
+
+class RateLimitHeaders:
+    """Builds the rate-limit headers of one response from the caller's current numbers."""
 
     def __init__(self, families: Iterable[str] = HEADER_FAMILIES, window: int = 60) -> None:
         families = frozenset(families)
         self.x_ratelimit = "x-ratelimit" in families
         self.ietf = "ietf" in families
         self.window = window
-        self._policies: dict[tuple[int | None, int | None, int], tuple[bytes, bytes]] = {}
+
+    def parts(
+        self, per_minute: int | None, month_limit: int | None, month_length: int
+    ) -> HeaderParts:
+        """The parts that stay the same for these limits and a month of this length."""
+        x_limit = None
+        if per_minute is not None and self.x_ratelimit:
+            x_limit = (b"x-ratelimit-limit", b"%d" % per_minute)
+        policies = []
+        if per_minute is not None:
+            policies.append(f'"minute";q={per_minute};w={self.window}')
+        if month_limit is not None:
+            policies.append(f'"month";q={month_limit};w={month_length}')
+        policy = (b"ratelimit-policy", ", ".join(policies).encode()) if policies else None
+        return HeaderParts(per_minute, month_limit, x_limit, policy if self.ietf else None)
 
     def build(
         self,
-        *,
-        per_minute: int | None,
+        parts: HeaderParts,
         minute_left: int,
         minute_reset: float,
-        month_limit: int | None,
         month_left: int,
         month_end: float,
-        month_length: int,
         now: float,
     ) -> Headers:
-        """The headers for a caller with these limits and numbers (`per_minute` or
-        `month_limit` None: no such window)."""
+        """The headers for a caller with these limits (`parts`) and numbers."""
         headers: Headers = []
-        if per_minute is not None and self.x_ratelimit:
-            headers += (
-                (b"x-ratelimit-limit", b"%d" % per_minute),
+        if parts.x_limit is not None:
+            headers = [
+                parts.x_limit,
                 (b"x-ratelimit-remaining", b"%d" % minute_left),
                 (b"x-ratelimit-reset", b"%d" % math.ceil(minute_reset)),
-            )
-        if not self.ietf or (per_minute is None and month_limit is None):
+            ]
+        if parts.policy is None:
             return headers
-        items = []
-        if per_minute is not None:
-            items.append(
-                b'"minute";r=%d;t=%d' % (minute_left, max(0, math.ceil(minute_reset - now)))
-            )
-        if month_limit is not None:
-            items.append(b'"month";r=%d;t=%d' % (max(0, month_left), math.ceil(month_end - now)))
-        headers += (
-            self._policy(per_minute, month_limit, month_length),
-            (b"ratelimit", b", ".join(items)),
-        )
+        # One format per RateLimit value: the windows in force, remaining and seconds left.
+        if parts.per_minute is not None:
+            minute_t = math.ceil(minute_reset - now)
+            if parts.month_limit is not None:
+                value = b'"minute";r=%d;t=%d, "month";r=%d;t=%d' % (
+                    minute_left, minute_t if minute_t > 0 else 0,
+                    month_left if month_left > 0 else 0, math.ceil(month_end - now),
+                )  # fmt: skip
+            else:
+                value = b'"minute";r=%d;t=%d' % (minute_left, minute_t if minute_t > 0 else 0)
+        else:
+            left = month_left if month_left > 0 else 0
+            value = b'"month";r=%d;t=%d' % (left, math.ceil(month_end - now))
+        headers.append(parts.policy)
+        headers.append((b"ratelimit", value))
         return headers
-
-    def _policy(
-        self, per_minute: int | None, month_limit: int | None, month_length: int
-    ) -> tuple[bytes, bytes]:
-        key = (per_minute, month_limit, month_length)
-        policy = self._policies.get(key)
-        if policy is None:
-            parts = []
-            if per_minute is not None:
-                parts.append(f'"minute";q={per_minute};w={self.window}')
-            if month_limit is not None:
-                parts.append(f'"month";q={month_limit};w={month_length}')
-            policy = (b"ratelimit-policy", ", ".join(parts).encode())
-            if len(self._policies) >= 1024:  # keys with their own limits: stay bounded
-                self._policies.clear()
-            self._policies[key] = policy
-        return policy
 
 
 def merge_headers(headers: Iterable[tuple[bytes, bytes]], extra: Headers) -> Headers:

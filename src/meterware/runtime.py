@@ -224,6 +224,8 @@ class Runtime:
                 await leases.release_all()
             except StorageError as exc:
                 log.warning("could not return unused quota at shutdown: %s", exc)
+        if self.minutes is not self.leases:
+            await self.minutes.store.close()
         if self._owns_store:
             await self.store.close()
 

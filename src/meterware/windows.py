@@ -46,7 +46,7 @@ for i, key in ipairs(KEYS) do
   local granted = math.max(0, math.min(want, limit - count))
   count = count + granted
   redis.call('HSET', key, 'end', ends, 'count', count)
-  redis.call('PEXPIREAT', key, math.ceil(tonumber(ends) * 1000) + 60000)
+  redis.call('PEXPIRE', key, math.ceil((tonumber(ends) - now) * 1000) + 60000)
   out[#out + 1] = granted
   out[#out + 1] = count
   out[#out + 1] = ends
@@ -64,7 +64,8 @@ return 0
 
 class RedisCounters:
     """Windows in Redis: one hash per counter (`end`, `count`), reserved by a Lua script
-    in one round trip; a window's key expires a minute after the window."""
+    in one round trip; a window's key expires a minute after the window ends (counted
+    from the caller's clock, as the window is)."""
 
     def __init__(self, uri: str) -> None:
         storage = _limits_storage(uri)
@@ -72,7 +73,7 @@ class RedisCounters:
         if bridge is None or not hasattr(bridge, "get_connection"):
             raise ConfigurationError(f"rate_limit_storage {uri.split('://')[0]}:// is not Redis")
         self.limits = storage
-        client = bridge.get_connection()
+        client = self._client = bridge.get_connection()
         self._reserve = client.register_script(_RESERVE)
         self._release = client.register_script(_RELEASE)
         self._errors: tuple[type[BaseException], ...] = (
@@ -98,6 +99,18 @@ class RedisCounters:
             await self._release(keys=[_key(counter)], args=[repr(window_end), amount])
         except self._errors as exc:
             raise StorageUnavailable(f"rate limit storage: {type(exc).__name__}: {exc}") from exc
+
+    async def close(self) -> None:
+        """Close the connections to Redis."""
+        self._client.connection_pool.disconnect()
+
+    async def counter(self, counter: str, now: float) -> int:
+        """The count of the counter's window live at `now` (0 if none)."""
+        try:
+            end, count = await self._client.hmget(_key(counter), ["end", "count"])
+        except self._errors as exc:
+            raise StorageUnavailable(f"rate limit storage: {type(exc).__name__}: {exc}") from exc
+        return 0 if end is None or float(_text(end)) <= now else int(_text(count))
 
 
 class LimitsCounters:
@@ -132,6 +145,9 @@ class LimitsCounters:
         return max(now, float(await self.storage.get_expiry(key)))
 
     async def release(self, counter: str, window_end: float, amount: int) -> None:
+        return None
+
+    async def close(self) -> None:
         return None
 
 

@@ -227,6 +227,9 @@ class LocalCounters:
         if window is not None and window[0] == window_end:
             window[1] = max(0, window[1] - amount)
 
+    async def close(self) -> None:
+        return None
+
     def count(self, counter: str, now: float) -> int:
         window = self._windows.get(counter)
         return 0 if window is None or window[0] <= now else int(window[1])
