@@ -10,7 +10,7 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
-from meterware import Admin, Caller, ConfigurationError, MeterwareMiddleware, SecretHasher
+from meterware import Admin, ApiKey, Caller, ConfigurationError, MeterwareMiddleware, SecretHasher
 from meterware.storage.sqlite import SQLiteStorage
 from tests.utils import ROUTES, bearer, new_key, runtime_of, serve, starlette_app
 
@@ -76,8 +76,13 @@ async def test_every_bad_key_gets_the_same_401(sqlite_store, clock):
             "timestamp": "2026-02-07T12:00:11.000Z",
         },
     }
-    assert {tuple(sorted(a.headers)) for a in answers.values()} == {
-        ("content-length", "content-type")
+    assert {tuple(sorted(a.headers.multi_items())) for a in answers.values()} == {
+        (
+            ("content-length", "127"),
+            ("content-type", "application/json"),
+            ("www-authenticate", 'ApiKey realm="api", header="X-API-Key"'),
+            ("www-authenticate", 'Bearer realm="api"'),
+        )
     }
 
 
@@ -229,16 +234,17 @@ async def test_pepper_changes_the_stored_hash(tmp_path, clock):
             assert (await client.get("/hello", headers=bearer(secret))).status_code == 401
 
 
-async def test_non_http_scopes_pass_through(clock):
-    """Websocket and other non-HTTP scopes reach the app untouched."""
+async def test_other_scopes_pass_through(clock):
+    """Scopes that are neither HTTP nor WebSocket (a server's own extensions) reach the
+    app untouched; a WebSocket does not (see test_websockets.py)."""
     seen = []
 
     async def inner(scope, receive, send):
         seen.append(scope["type"])
 
     middleware = MeterwareMiddleware(inner, storage="memory://", clock=clock)
-    await middleware({"type": "websocket", "path": "/ws", "headers": []}, None, None)
-    assert seen == ["websocket"]
+    await middleware({"type": "webtransport", "path": "/wt", "headers": []}, None, None)
+    assert seen == ["webtransport"]
 
 
 async def test_works_without_lifespan(sqlite_store, clock):
@@ -302,3 +308,78 @@ async def test_revocation_seen_when_the_store_started_empty(tmp_path, clock):
         assert (await client.get("/hello", headers=bearer(secret))).status_code == 200
         await other.update_key(key.id, revoked_at=clock())
         await refused_after_the_next_poll(app, client, secret)
+
+
+async def test_401_challenges_name_the_configured_schemes(sqlite_store, clock):
+    """A 401 carries WWW-Authenticate (RFC 9110 §11.6.1) for each way a key may come."""
+    app = starlette_app(sqlite_store, clock, key_headers=["x-token"], bearer=False)
+    async with serve(app) as client:
+        refused = await client.get("/hello")
+    assert refused.status_code == 401
+    assert refused.headers.get_list("www-authenticate") == ['ApiKey realm="api", header="X-Token"']
+
+
+async def test_two_different_keys_in_one_request_are_refused(sqlite_store, clock):
+    """X-API-Key and a bearer token that disagree, or a key header twice with two values,
+    get the 401, even when one of them is valid; the same key twice is fine."""
+    _, good = await new_key(sqlite_store, clock)
+    _, other = await new_key(sqlite_store, clock, name="other")
+    wrong = SecretHasher().new_secret()
+    async with serve(starlette_app(sqlite_store, clock)) as client:
+        mixed = await client.get("/hello", headers={"X-API-Key": good, **bearer(wrong)})
+        mixed_valid = await client.get("/hello", headers={"X-API-Key": good, **bearer(other)})
+        repeated = await client.get("/hello", headers=[("X-API-Key", good), ("X-API-Key", wrong)])
+        same = await client.get("/hello", headers={"X-API-Key": good, **bearer(good)})
+    assert [a.status_code for a in (mixed, mixed_valid, repeated)] == [401, 401, 401]
+    assert same.status_code == 200
+
+
+async def test_bad_checksum_costs_no_lookup_and_unknown_keys_one(sqlite_store, clock):
+    """A secret whose checksum is wrong is refused without a store read; an unknown
+    secret of the right shape is read once, then remembered."""
+    _, good = await new_key(sqlite_store, clock)
+    forged = good[:-6] + ("A" if good[-6] != "A" else "B") + good[-5:]
+    unknown = SecretHasher().new_secret()
+    app = starlette_app(sqlite_store, clock)
+    async with serve(app) as client:
+        keys = runtime_of(app).keys
+        assert keys is not None
+        codes = [(await client.get("/hello", headers=bearer(s))).status_code
+                 for s in [forged] * 5 + [unknown] * 5 + [good] * 3]  # fmt: skip
+        lookups = keys.lookups
+    assert codes == [401] * 10 + [200] * 3
+    assert lookups == 2  # the unknown secret once, the good one once
+
+
+async def test_secrets_issued_before_checksums_keep_working(sqlite_store, clock):
+    """A key whose secret has the older shape (32 URL-safe characters, no checksum)
+    resolves as before."""
+    legacy = "mw_" + "Ab-_" * 8
+    await sqlite_store.ensure_account("acct_1", clock())
+    key = ApiKey(id="key_legacy", account_id="acct_1", name="old", created_at=clock())
+    await sqlite_store.create_key(key, SecretHasher().hash(legacy))
+    async with serve(starlette_app(sqlite_store, clock)) as client:
+        answer = await client.get("/whoami", headers=bearer(legacy))
+    assert answer.status_code == 200 and answer.json()["key"] == "key_legacy"
+
+
+async def test_a_full_key_cache_drops_the_least_recently_used_key_only(sqlite_store, clock):
+    """With room for 3 keys, a 4th pushes out the one used longest ago, and unknown
+    secrets never push out known ones."""
+    from meterware.keycache import KeyCache
+
+    secrets = [(await new_key(sqlite_store, clock, name=f"k{i}"))[1] for i in range(4)]
+    cache = KeyCache(sqlite_store, SecretHasher(), max_entries=3, max_unknown=2)
+    for secret in secrets[:3]:
+        assert await cache.resolve(secret, clock()) is not None
+    assert await cache.resolve(secrets[0], clock()) is not None  # k0 is now the most recent
+    for _ in range(5):
+        assert await cache.resolve(SecretHasher().new_secret(), clock()) is None
+    assert cache.lookups == 3 + 5
+    assert await cache.resolve(secrets[3], clock()) is not None  # pushes out k1
+    before = cache.lookups
+    for secret in (secrets[0], secrets[2], secrets[3]):
+        assert await cache.resolve(secret, clock()) is not None
+    assert cache.lookups == before  # still cached
+    assert await cache.resolve(secrets[1], clock()) is not None
+    assert cache.lookups == before + 1  # k1 was the one dropped

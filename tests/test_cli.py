@@ -20,7 +20,7 @@ from meterware.storage import Rollup, UsageBatch, storage_from_url
 from meterware.tiers import DEFAULT_TIERS, LEGACY_TIERS
 
 PEPPER = "cli-test-pepper"
-SECRET = re.compile(r"mw_[A-Za-z0-9_-]{32}")
+SECRET = re.compile(r"mw_[0-9A-Za-z]{38}")  # 32 random base62 characters and a checksum
 ISO_MS = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
 

@@ -1,8 +1,11 @@
 """API keys: the stored record, the caller a request resolves to, secrets and their hashes.
 
-A secret looks like `mw_` + 32 URL-safe characters (192 bits from `secrets`). It is shown
-once, when created; storage keeps only `hash_secret(secret)`, an HMAC-SHA-256 keyed with
-an optional pepper, so a leaked database yields no usable key.
+A secret looks like `mw_` + 32 base62 characters (190 bits from `secrets`) + a 6-character
+base62 CRC-32 of what precedes it, the prefix-and-checksum shape that secret scanners
+verify: a mistyped or made-up secret is refused without any lookup. Secrets issued before
+the checksum (`mw_` + 32 URL-safe characters) keep working. A secret is shown once, when
+created; storage keeps only its HMAC-SHA-256, keyed with an optional pepper, so a leaked
+database yields no usable key.
 """
 
 from __future__ import annotations
@@ -11,16 +14,17 @@ import hashlib
 import hmac
 import re
 import secrets
+import string
+import zlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Literal, Protocol
+from typing import Literal
 
 from meterware.errors import ConfigurationError
 
 __all__ = [
     "ApiKey",
     "Caller",
-    "KeyCache",
     "KeyExtractor",
     "KeyResolver",
     "Permission",
@@ -34,14 +38,26 @@ __all__ = [
 Permission = Literal["full_access", "site_access"]
 PERMISSIONS: tuple[Permission, ...] = ("full_access", "site_access")
 
-_SECRET_BYTES = 24  # 192 bits; token_urlsafe gives 32 characters (_SECRET_BODY)
-_SECRET_BODY = re.compile(r"[A-Za-z0-9_-]{32}")
+_BASE62 = string.digits + string.ascii_letters
+_BODY, _CHECK = 32, 6  # base62 characters: 190 random bits, then a CRC-32
+_SECRET_BODY = re.compile(r"[0-9A-Za-z]{38}")
+_LEGACY_BODY = re.compile(r"[A-Za-z0-9_-]{32}")  # issued before the checksum
 _ID = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 
 
 def new_secret(prefix: str = "mw_") -> str:
-    """A new secret: `prefix` + 192 random bits, URL-safe."""
-    return prefix + secrets.token_urlsafe(_SECRET_BYTES)
+    """A new secret: `prefix`, 190 random bits in base62, and their checksum."""
+    head = prefix + "".join(secrets.choice(_BASE62) for _ in range(_BODY))
+    return head + _checksum(head)
+
+
+def _checksum(text: str) -> str:
+    """CRC-32 of `text` in 6 base62 characters."""
+    n, out = zlib.crc32(text.encode()), []
+    for _ in range(_CHECK):
+        n, digit = divmod(n, 62)
+        out.append(_BASE62[digit])
+    return "".join(reversed(out))
 
 
 def new_key_id() -> str:
@@ -79,10 +95,17 @@ class SecretHasher:
         return new_secret(self.prefix)
 
     def well_formed(self, secret: str) -> bool:
-        """Whether `secret` has the shape of a secret this hasher issues."""
-        return secret.startswith(self.prefix) and (
-            _SECRET_BODY.fullmatch(secret, len(self.prefix)) is not None
-        )
+        """Whether `secret` has the shape of a secret this hasher issues, its checksum
+        included (or the shape of one issued before checksums)."""
+        if not secret.startswith(self.prefix):
+            return False
+        size = len(self.prefix)
+        if len(secret) == size + _BODY + _CHECK:
+            return (
+                _SECRET_BODY.fullmatch(secret, size) is not None
+                and _checksum(secret[:-_CHECK]) == secret[-_CHECK:]
+            )
+        return len(secret) == size + 32 and _LEGACY_BODY.fullmatch(secret, size) is not None
 
     def hash(self, secret: str) -> str:
         """The keyed hash that storage keeps in place of the secret (64 hex digits)."""
@@ -184,109 +207,21 @@ class KeyExtractor:
             raise ConfigurationError("no way to present a key: give key_headers or bearer=True")
 
     def __call__(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-        """The secret from raw ASGI headers, `None` when there is none."""
-        wanted = self._wanted
+        """The secret from raw ASGI headers; `None` when there is none, or when the
+        request carries two different ones (a header repeated, or `X-API-Key` and a bearer
+        token that disagree): which to believe is not for meterware to guess."""
+        wanted, found = self._wanted, None
         for name, value in headers:
             if name not in wanted:  # one set lookup per header: most are not ours
                 continue
             if name in self._names:
-                return value.decode("latin-1").strip() or None
-            scheme, _, token = value.decode("latin-1").partition(" ")
-            if scheme.lower() == "bearer" and token.strip():
-                return token.strip()
-        return None
-
-
-class KeyStore(Protocol):
-    """What the key cache needs of a store (every `Storage` is one)."""
-
-    async def find_key(self, secret_hash: str, now: float) -> ApiKey | None: ...
-
-    async def key_changes(self, since: int) -> tuple[int, list[str]]: ...
-
-
-class KeyCache:
-    """The built-in resolver: secrets looked up by hash in the store, cached in process.
-
-    A cached key costs no I/O. `poll()`, which the runtime calls every `key_refresh`
-    seconds, asks the store for keys changed since the last poll (revoked, rotated,
-    re-tiered) and drops them from the cache: that interval bounds how long a revoked
-    key keeps working. Expiry (of a key, or of a rotated secret's grace period) is checked
-    on every request, so it takes effect at once. Entries are also refetched after
-    `max_age` seconds, and the cache holds at most `max_entries` secrets.
-
-    The cache is keyed by SHA-256 of a random per-process salt and the secret, not by the
-    secret: the cache holds no plaintext secret, and the key costs a third of the store's
-    HMAC, which is computed only on a miss.
-    """
-
-    def __init__(
-        self,
-        store: KeyStore,
-        hasher: SecretHasher,
-        *,
-        max_age: float = 300.0,
-        max_entries: int = 200_000,
-    ) -> None:
-        self.store = store
-        self.hasher = hasher
-        self.max_age = max_age
-        self.max_entries = max_entries
-        self._cache: dict[bytes, _Entry] = {}
-        self._salted = hashlib.sha256(secrets.token_bytes(32))
-        self._cursor = 0
-        self._length = len(hasher.prefix) + 32
-
-    def __len__(self) -> int:
-        return len(self._cache)
-
-    async def resolve(self, secret: str, now: float) -> Caller | None:
-        """The caller a secret stands for at `now`, or None (a 401). A cached, fresh
-        entry costs one salted hash and a dict lookup; a miss one store read."""
-        if len(secret) != self._length or not secret.startswith(self.hasher.prefix):
-            return None
-        mac = self._salted.copy()
-        mac.update(secret.encode())
-        digest = mac.digest()
-        entry = self._cache.get(digest)
-        if entry is None or now - entry.fetched_at >= self.max_age:
-            if not self.hasher.well_formed(secret):  # the full check, before any I/O
+                secret = value.decode("latin-1").strip()
+            else:
+                scheme, _, token = value.decode("latin-1").partition(" ")
+                secret = token.strip() if scheme.lower() == "bearer" else ""
+            if not secret:
+                continue
+            if found is not None and secret != found:
                 return None
-            key = await self.store.find_key(self.hasher.hash(secret), now)
-            caller = Caller.from_key(key) if key is not None and key.active(now) else None
-            if len(self._cache) >= self.max_entries:
-                self._cache.clear()
-            entry = _Entry(caller, None if key is None else key.id, now)
-            self._cache[digest] = entry
-        caller = entry.caller
-        if caller is not None and caller.expires_at is not None and now >= caller.expires_at:
-            return None
-        return caller
-
-    async def start(self) -> None:
-        """Take the store's change cursor, so later polls see only later changes."""
-        self._cursor, _ = await self.store.key_changes(0)
-
-    async def poll(self) -> set[str] | None:
-        """Drop cached entries of keys changed since the last poll: the ids of those keys,
-        or None when every entry was dropped (the store had no cursor to go by)."""
-        previous = self._cursor
-        cursor, changed = await self.store.key_changes(previous)
-        if cursor == previous:
-            return set()
-        self._cursor = cursor
-        if previous <= 0:  # the store had no changes at start: no ids to go by, drop all
-            self._cache.clear()
-            return None
-        ids = set(changed)
-        stale = [d for d, e in self._cache.items() if e.key_id is None or e.key_id in ids]
-        for digest in stale:
-            del self._cache[digest]
-        return ids
-
-
-@dataclass(slots=True)
-class _Entry:
-    caller: Caller | None  # None: no such key, or not active when fetched
-    key_id: str | None
-    fetched_at: float
+            found = secret
+        return found

@@ -29,7 +29,8 @@ from meterware.admission import Admission, Plan
 from meterware.clock import Clock
 from meterware.config import Settings
 from meterware.errors import ConfigurationError, StorageError
-from meterware.keys import Caller, KeyCache, KeyExtractor, KeyResolver, SecretHasher
+from meterware.keycache import KeyCache
+from meterware.keys import Caller, KeyExtractor, KeyResolver, SecretHasher
 from meterware.leases import Leases
 from meterware.ledger import Meter
 from meterware.metering import Cost, RouteCosts, check_credits
@@ -70,6 +71,8 @@ class Runtime:
         self.tiers = TierTable.coerce(tiers)
         self.hasher = SecretHasher(prefix=settings.key_prefix, pepper=settings.pepper)
         self.extract = KeyExtractor(settings.key_headers, bearer=settings.bearer)
+        unauthorized = responses.challenges(settings.key_headers, settings.bearer)
+        self.unauthorized = Denial(responses.UNAUTHORIZED, unauthorized)
         self.keys = KeyCache(self.store, self.hasher) if resolver is None else None
         self.host_resolver = resolver
         self.costs = RouteCosts(settings.default_cost, routes_of=routes_of)
@@ -112,7 +115,7 @@ class Runtime:
         """The caller behind the request's key, or the 401 (or 503) to send."""
         secret = self.extract(headers)
         if secret is None:
-            return Denial(responses.UNAUTHORIZED, [])
+            return self.unauthorized
         try:
             if self.keys is not None:
                 caller = await self.keys.resolve(secret, now)
@@ -121,7 +124,7 @@ class Runtime:
                 caller = await self.host_resolver(secret)
         except StorageError as exc:
             return self.admission.unavailable(exc)
-        return caller if caller is not None else Denial(responses.UNAUTHORIZED, [])
+        return caller if caller is not None else self.unauthorized
 
     def plan(self, caller: Caller) -> Plan | Denial:
         """The caller's plan (limits and counters), worked out once per caller object: the
