@@ -27,6 +27,7 @@ from typing import Any
 
 from meterware.config import Settings
 from meterware.metering import Cost, declared_cost
+from meterware.responses import display_header
 
 __all__ = ["document_openapi"]
 
@@ -120,7 +121,7 @@ def _add_schemes(schemes: dict[str, Any], key_headers: Sequence[str], bearer: bo
     """Declare a scheme per key header (and bearer); their names, in order."""
     names = []
     for header in key_headers:
-        name = _display(header)
+        name = display_header(header)
         scheme_id = re.sub(r"[^A-Za-z0-9._-]", "_", name)
         scheme = {"type": "apiKey", "in": "header", "name": name, "description": "API key."}
         schemes.setdefault(scheme_id, scheme)
@@ -130,14 +131,6 @@ def _add_schemes(schemes: dict[str, Any], key_headers: Sequence[str], bearer: bo
         schemes.setdefault("BearerAuth", scheme)
         names.append("BearerAuth")
     return names
-
-
-def _display(header: str) -> str:
-    """`x-api-key` -> `X-API-Key`; a name given with capitals is kept as given."""
-    if header != header.lower():
-        return header
-    parts = header.split("-")
-    return "-".join(p.upper() if p in ("api", "id") else p.capitalize() for p in parts)
 
 
 def _secure(operation: dict[str, Any], ours: list[str]) -> None:

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from starlette.types import Send
+from starlette.types import Receive, Send
 
 from meterware.clock import isoformat_ms
 
@@ -55,6 +55,27 @@ KEY_NOT_FOUND = Refusal(404, "NOT_FOUND", "API key not found")
 NOT_ALLOWED = Refusal(405, "METHOD_NOT_ALLOWED", "Method not allowed")
 
 RETRY_STORAGE = (b"retry-after", b"5")
+
+
+def display_header(header: str) -> str:
+    """`x-api-key` -> `X-API-Key`; a name given with capitals is kept as given."""
+    if header != header.lower():
+        return header
+    parts = header.split("-")
+    return "-".join(p.upper() if p in ("api", "id") else p.capitalize() for p in parts)
+
+
+def challenges(key_headers: Iterable[str], bearer: bool) -> Headers:
+    """The `WWW-Authenticate` headers of a 401 (RFC 9110 §11.6.1): one challenge per way
+    a key may be presented, `Bearer` for the `Authorization` header and `ApiKey` (with
+    the header's name) for each key header."""
+    found: Headers = []
+    if bearer:
+        found.append((b"www-authenticate", b'Bearer realm="api"'))
+    for name in key_headers:
+        value = f'ApiKey realm="api", header="{display_header(name)}"'.encode("latin-1")
+        found.append((b"www-authenticate", value))
+    return found
 
 
 @dataclass(slots=True)
@@ -107,6 +128,38 @@ async def send_refusal(
 ) -> None:
     """Send a refusal in the configured envelope."""
     await send_json(send, refusal.status, error_body(envelope, refusal, now), headers)
+
+
+async def refuse_websocket(
+    receive: Receive,
+    send: Send,
+    envelope: Envelope,
+    refusal: Refusal,
+    now: float,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+    *,
+    http_response: bool,
+) -> None:
+    """Refuse a WebSocket before it is accepted: with an HTTP response when the server
+    offers the ASGI WebSocket denial-response extension (`http_response`), else with a
+    close (code 1008, policy violation) carrying the refusal's message."""
+    await receive()  # the client's websocket.connect
+    if not http_response:
+        await send({"type": "websocket.close", "code": 1008, "reason": refusal.message})
+        return
+    body = error_body(envelope, refusal, now)
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": refusal.status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", b"%d" % len(body)),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": body})
 
 
 def retry_after(seconds: float) -> tuple[bytes, bytes]:

@@ -50,7 +50,10 @@ class UsageApp:
         call = scope.get(SCOPE_KEY)
         if not isinstance(call, Call):  # reached without the middleware in front
             envelope = ENVELOPE_OF[self.format]
-            return await send_refusal(send, envelope, responses.UNAUTHORIZED, time.time())
+            challenge = responses.challenges(("x-api-key",), bearer=True)
+            return await send_refusal(
+                send, envelope, responses.UNAUTHORIZED, time.time(), challenge
+            )
         runtime = call.runtime
         now = runtime.clock()
         envelope = runtime.settings.envelope
