@@ -194,8 +194,18 @@ class Uvicorn:
     tell which workers took traffic.
     """
 
-    def __init__(self, example: str, env: dict[str, str], workdir: Path, workers: int = 2):
+    def __init__(
+        self,
+        example: str,
+        env: dict[str, str],
+        workdir: Path,
+        workers: int = 2,
+        app_dir: str | None = None,
+        target: str = "app:app",
+    ):
         self.example = example
+        self.app_dir = app_dir or f"examples/{example}"
+        self.target = target
         self.env = env
         self.workers = workers
         self.port = free_port()
@@ -209,8 +219,8 @@ class Uvicorn:
         offset = self.log.stat().st_size if self.log.exists() else 0
         log = self.log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", f"examples/{self.example}",
-             "app:app", "--host", "127.0.0.1", "--port", str(self.port),
+            [sys.executable, "-m", "uvicorn", "--app-dir", self.app_dir,
+             self.target, "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", str(self.workers), "--log-config", str(self.log_config)],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -92,7 +92,7 @@ class RouteCosts:
         Where no route matches (or the app has no routes), the endpoint is None and the
         cost is the default, reported under the request's path.
         """
-        cache_key = (scope["method"], scope.get("root_path", ""), scope["path"])
+        cache_key = (_method(scope), scope.get("root_path", ""), scope["path"])
         found = self._cache.get(cache_key)
         if found is None:
             found = self._find(scope, self.routes_of(scope))
@@ -107,11 +107,17 @@ class RouteCosts:
         if matched is None:  # one action for every unmatched path, not one per path
             return RouteInfo(None, Cost(self.default, "default", "default"), {})
         endpoint, params = matched
-        declared = declared_cost(endpoint, scope["method"])
+        declared = declared_cost(endpoint, _method(scope))
         if declared is None:
             name = getattr(endpoint, "__name__", None) or scope["path"]
             declared = Cost(self.default, name, name)
         return RouteInfo(endpoint, declared, params)
+
+
+def _method(scope: Scope) -> str:
+    """The request's method; `WEBSOCKET` for a WebSocket (its endpoint's own `@cost`)."""
+    method: str = scope.get("method", "WEBSOCKET")
+    return method
 
 
 def _match(scope: dict[str, Any], routes: Iterable[Any]) -> tuple[Any, dict[str, Any]] | None:

@@ -3,7 +3,7 @@
 A request's path, top to bottom in `__call__`; each step gives a result, or a refusal
 that is sent at once:
 
-1. pass through what is not HTTP, and the exempt paths;
+1. pass through what is neither HTTP nor a WebSocket, and the exempt paths;
 2. authenticate: the key's caller (401 when missing, malformed, unknown, revoked or
    expired; 503 when the store is needed and down);
 3. plan: the caller's limits (403 for a tier the table does not know);
@@ -13,7 +13,11 @@ that is sent at once:
 7. run the host's app with the rate-limit headers, then settle the call: charge its
    credits if it succeeded, give them back if not.
 
-Every response to an authenticated request carries the rate-limit headers.
+Every response to an authenticated request carries the rate-limit headers. A WebSocket
+goes the same way: refused before it is accepted (an HTTP response through the ASGI
+denial-response extension when the server offers it, else a close with code 1008); an
+admitted connection counts as one request, and is charged its route's `@cost` once
+accepted (with status 101 for the `charge` rule), the rate-limit headers on the accept.
 """
 
 from __future__ import annotations
@@ -103,7 +107,7 @@ class MeterwareMiddleware:
         if not self._documented:
             self._documented = True
             document_openapi(scope.get("app"), self.runtime.settings)
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
             if scope["type"] == "lifespan":
                 return await self._lifespan(scope, receive, send)
             return await self.app(scope, receive, send)
@@ -117,10 +121,10 @@ class MeterwareMiddleware:
 
         caller = await rt.authenticate(scope["headers"], now)
         if isinstance(caller, Denial):
-            return await self._deny(send, caller, now)
+            return await self._deny(scope, receive, send, caller, now)
         plan = rt.plan(caller)
         if isinstance(plan, Denial):
-            return await self._deny(send, plan, now)
+            return await self._deny(scope, receive, send, plan, now)
         route = rt.costs.lookup(scope)
         site = route.path_params.get(rt.settings.website_param)
         if (
@@ -129,30 +133,34 @@ class MeterwareMiddleware:
             and str(site) != caller.website_id
         ):
             denial = Denial(responses.FORBIDDEN_SITE, rt.admission.headers(plan, now))
-            return await self._deny(send, denial, now)
+            return await self._deny(scope, receive, send, denial, now)
         call = Call(caller, rt)
         scope[SCOPE_KEY] = call
         scope.setdefault("state", {})["meterware"] = caller
 
-        if path == rt.settings.usage_path or isinstance(route.endpoint, UsageApp):
+        usage_endpoint = path == rt.settings.usage_path or isinstance(route.endpoint, UsageApp)
+        if usage_endpoint and scope["type"] == "http":
             limited = await rt.admission.rate_limit(plan, now)
             if limited is not None:
-                return await self._deny(send, limited, now)
+                return await self._deny(scope, receive, send, limited, now)
             call.headers = rt.admission.headers(plan, now)
             usage = route.endpoint if isinstance(route.endpoint, UsageApp) else self.usage_app
             return await usage(scope, receive, send)
 
         hold = await rt.admission.admit(plan, route.cost, now)
         if isinstance(hold, Denial):
-            return await self._deny(send, hold, now)
+            return await self._deny(scope, receive, send, hold, now)
         call.cost, call.credits = route.cost, route.cost.credits
         await self._run_metered(scope, receive, send, hold, call)
 
     async def _run_metered(
         self, scope: Scope, receive: Receive, send: Send, hold: Hold, call: Call
     ) -> None:
-        """Run the host's app with the rate-limit headers on its response, then settle:
-        the status it answered, or None if it raised or the client left before it did."""
+        """Run the host's app with the rate-limit headers on its response (or its
+        WebSocket accept), then settle: the status it answered (101 for an accepted
+        WebSocket), or None if it raised or the client left before it answered."""
+        websocket = scope["type"] == "websocket"
+        starts = "websocket.accept" if websocket else "http.response.start"
         status: int | None = None
         disconnected = False
 
@@ -165,22 +173,31 @@ class MeterwareMiddleware:
 
         async def send_with_headers(message: Message) -> None:
             nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
+            if message["type"] == starts:
+                status = 101 if websocket else message["status"]
                 message["headers"] = merge_headers(message.get("headers", ()), hold.headers)
             await send(message)
 
-        succeeded = False
+        finished = False
         try:
             await self.app(scope, receive_watching, send_with_headers)
-            succeeded = True
+            finished = True
         finally:
-            final = status if succeeded and not disconnected else None
+            # An accepted WebSocket is charged, however it ends.
+            final = status if (finished or websocket) and not disconnected else None
             hold.settle(final, call.credits)
 
-    async def _deny(self, send: Send, denial: Denial, now: float) -> None:
+    async def _deny(
+        self, scope: Scope, receive: Receive, send: Send, denial: Denial, now: float
+    ) -> None:
         envelope = self.runtime.settings.envelope
-        await responses.send_refusal(send, envelope, denial.refusal, now, denial.headers)
+        refusal, headers = denial.refusal, denial.headers
+        if scope["type"] == "http":
+            return await responses.send_refusal(send, envelope, refusal, now, headers)
+        offered = "websocket.http.response" in scope.get("extensions", {})
+        await responses.refuse_websocket(
+            receive, send, envelope, refusal, now, headers, http_response=offered
+        )
 
     def _routes(self, scope: Scope) -> Any:
         return getattr(scope.get("app"), "routes", None) or getattr(self.app, "routes", None)
