@@ -5,13 +5,19 @@ Each app has one route, `GET /bench`, answering a 5-byte `PlainTextResponse`:
 - `bare_app()`: Starlette alone, the baseline.
 - `slowapi_app()`: the same with slowapi's documented decorator, keyed on `X-API-Key`,
   `1000000/minute`, its default in-memory storage and default options.
-- `meterware_app(storage, ...)`: the same behind `MeterwareMiddleware`, with a tier high
-  enough that nothing is refused. `metered=True` puts `@cost(5, action="bench")` on the
-  route (the full pipeline: key, per-minute limit, monthly request quota, monthly
-  credits, write-behind ledger); `metered=False` leaves it off (no credits, no rollup).
+- `meterware_app(storage, ...)`: the same behind `MeterwareMiddleware`, with per-minute
+  windows in the main store unless `rate_limit_storage` says otherwise.
+  `metered_route=True` puts `@cost(5, action="bench")` on the route (the full pipeline:
+  key, per-minute limit, monthly request quota, credits, write-behind ledger);
+  `metered_route=False` leaves it off (no credits, no rollup).
 
-The zero-argument `http_*` factories are what `uvicorn --factory` loads in `bench/http.py`;
-they read their storage URLs from `BENCH_SQLITE_URL`, `BENCH_PG_URL`, `BENCH_REDIS_URL`.
+The tiers: `bench`, with limits so high that nothing is refused (every timed part), and
+`trips`, 1,000 requests a minute and 1,000,000 a month (the round-trip count of
+bench/trips.py, whose load stays under both).
+
+The zero-argument `http_*` factories are what `uvicorn --factory` (and gunicorn) load in
+`bench/http.py`; they read their storage URLs from `BENCH_SQLITE_URL`, `BENCH_PG_URL`,
+`BENCH_REDIS_URL`.
 """
 
 from __future__ import annotations
@@ -30,7 +36,11 @@ from meterware.runtime import Runtime
 
 PATH = "/bench"
 TIER = "bench"
-TIERS = {TIER: {"monthly_requests": 10**12, "per_minute": 10**9}}
+TRIPS_TIER = "trips"
+TIERS = {
+    TIER: {"monthly_requests": 10**12, "per_minute": 10**9},
+    TRIPS_TIER: {"monthly_requests": 1_000_000, "per_minute": 1000},
+}
 PEPPER = "meterware-bench-pepper"
 CREDITS = 5
 
@@ -71,7 +81,7 @@ def slowapi_app() -> Starlette:
 def meterware_app(
     storage: str | Storage,
     *,
-    rate_limit_storage: str = "memory://",
+    rate_limit_storage: str | None = None,
     metered_route: bool = True,
     **options: Any,
 ) -> Starlette:
@@ -102,7 +112,7 @@ def runtime_of(app: Any) -> Runtime:
     return node.runtime
 
 
-# -- uvicorn --factory entry points (bench/http.py) ------------------------------------
+# -- uvicorn --factory and gunicorn entry points (bench/http.py) -----------------------
 
 
 def http_bare() -> Starlette:
@@ -117,7 +127,11 @@ def http_meterware_sqlite() -> Starlette:
     return meterware_app(os.environ["BENCH_SQLITE_URL"])
 
 
-def http_meterware_postgres() -> Starlette:
+def http_meterware_postgres_alone() -> Starlette:
+    return meterware_app(os.environ["BENCH_PG_URL"])
+
+
+def http_meterware_postgres_redis() -> Starlette:
     return meterware_app(
         os.environ["BENCH_PG_URL"], rate_limit_storage=os.environ["BENCH_REDIS_URL"]
     )

@@ -6,8 +6,8 @@ through meterware's own `create_key`: every key has its own account and tier `be
 The same keys serve every key count (the 100-key runs use the first 100).
 
 Servers: `BENCH_POSTGRES` (default `postgresql://postgres@127.0.0.1:5432/test`) and
-`BENCH_REDIS` (default `async+redis://127.0.0.1:6379`); a part that needs one that is
-unreachable is skipped with a note.
+`BENCH_REDIS` (default `async+redis://127.0.0.1:6379`); a variant that needs one that is
+unreachable is skipped with a note (`Stores.problem`).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -122,19 +123,31 @@ class Stores:
                 await self._grow("sqlite", store, n)
         return self.sqlite_url, self._secrets["sqlite"][:n]
 
-    async def postgres_ready(self) -> str | None:
-        """Why the PostgreSQL + Redis variants cannot run, or None."""
+    async def _check_servers(self) -> None:
         if not self._pg_checked:
             self._pg_checked = True
             if not self.want_postgres:
-                self.pg_problem = "disabled (--no-postgres)"
+                self.pg_problem = self.redis_problem = "disabled (--no-postgres)"
             else:
                 self.pg_problem = await postgres_problem()
                 self.redis_problem = redis_problem()
-        if self.pg_problem:
-            return f"PostgreSQL unavailable: {self.pg_problem}"
-        if self.redis_problem:
-            return f"Redis unavailable: {self.redis_problem}"
+
+    async def postgres_ready(self) -> str | None:
+        """Why PostgreSQL cannot be used, or None."""
+        await self._check_servers()
+        return f"PostgreSQL unavailable: {self.pg_problem}" if self.pg_problem else None
+
+    async def redis_ready(self) -> str | None:
+        """Why Redis cannot be used, or None."""
+        await self._check_servers()
+        return f"Redis unavailable: {self.redis_problem}" if self.redis_problem else None
+
+    async def problem(self, needs: Iterable[str]) -> str | None:
+        """Why a variant that needs these servers ("postgres", "redis") cannot run, or None."""
+        for server in needs:
+            problem = await (self.postgres_ready() if server == "postgres" else self.redis_ready())
+            if problem:
+                return problem
         return None
 
     async def postgres(self, n: int) -> tuple[str, list[str]]:

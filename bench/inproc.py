@@ -3,20 +3,21 @@
 Each request is a prebuilt GET scope (copied, since apps write into it), a `receive`
 that returns one `http.request`, and a `send` that discards (counting any status other
 than 200, which fails the run: a refused request is not a measurement). After every
-request the driver awaits `asyncio.sleep(0)`, so meterware's background task (ledger
-flush, key polling, quota leases) runs in the same loop and is paid for in the batch's
-WALL-CLOCK time, which is what is reported: microseconds per request over a batch.
+request the driver awaits `asyncio.sleep(0)`, so meterware's background tasks (ledger
+flush, key polling, lease top-ups and returns) run in the same loop and are paid for in
+the batch's WALL-CLOCK time, which is what is reported: microseconds per request over a
+batch.
 
 Variants are measured in the same run, interleaved: every round runs every variant once,
 in an order rotated by one each round, each with a fresh app whose lifespan is started
 before and shut down after (outside the timing); only one app is up at a time, so no
 variant pays for another's objects in a garbage collection. Before the timed batch every
-key is touched once (filling the key cache and the quota leases) and then again,
-rotating. Each meterware batch ends by writing its ledger (`Meter.flush`) inside the
-timing: a batch pays for all of its own usage writes.
+key is touched once (filling the key cache and the leases of its minute and month) and
+then again, rotating. Each meterware batch ends by writing its ledger (`Meter.flush`)
+inside the timing: a batch pays for all of its own usage writes.
 
-`measure_memory` counts what the middleware keeps per active key (key cache, per-minute
-window, quota leases) after requests from 100,000 distinct keys.
+`measure_memory` counts what the middleware keeps per active key (key cache, leases,
+month views) after requests from 100,000 distinct keys.
 """
 
 from __future__ import annotations
@@ -147,7 +148,7 @@ class Driver:
     async def touch_all(self, concurrency: int = 32) -> float:
         """Send one request per key, `concurrency` at a time; the seconds taken.
 
-        Cold keys cost store round trips (key lookup, quota reservations): concurrent,
+        Cold keys cost store round trips (key lookup, first reservations): concurrent,
         they overlap, and 10,000 of them do not take minutes.
         """
         app, send = self.app, self._send
@@ -171,8 +172,8 @@ class Variant:
     name: str
     label: str
     build: Callable[[int], Awaitable[tuple[ASGIApp, list[str]]]]
+    needs: tuple[str, ...] = ()  # servers: "postgres", "redis"
     skip: str | None = None
-    min_keys: int = 0  # run only at key counts from this one up
 
 
 def variants(stores: Stores) -> list[Variant]:
@@ -196,11 +197,11 @@ def variants(stores: Stores) -> list[Variant]:
         url, secrets = await stores.sqlite(n)
         return apps.meterware_app(url), secrets
 
-    async def sqlite_held(n: int) -> tuple[ASGIApp, list[str]]:
-        url, secrets = await stores.sqlite(n)
-        return apps.meterware_app(url, lease_idle=3600), secrets
-
     async def postgres(n: int) -> tuple[ASGIApp, list[str]]:
+        url, secrets = await stores.postgres(n)
+        return apps.meterware_app(url), secrets
+
+    async def postgres_redis(n: int) -> tuple[ASGIApp, list[str]]:
         url, secrets = await stores.postgres(n)
         return apps.meterware_app(url, rate_limit_storage=stores.redis_url), secrets
 
@@ -210,12 +211,12 @@ def variants(stores: Stores) -> list[Variant]:
         Variant("mw-memory", "+ meterware memory://, no @cost", memory),
         Variant("mw-memory-cost", "+ meterware memory://, @cost(5)", memory_cost),
         Variant("mw-sqlite", "+ meterware SQLite, full pipeline", sqlite),
-        Variant("mw-pg-redis", "+ meterware PostgreSQL + Redis, full", postgres),
+        Variant("mw-pg", "+ meterware PostgreSQL alone, full", postgres, ("postgres",)),
         Variant(
-            "mw-sqlite-held",
-            "+ meterware SQLite, full, lease_idle=3600 (diagnostic)",
-            sqlite_held,
-            min_keys=1000,
+            "mw-pg-redis",
+            "+ meterware PostgreSQL + Redis, full",
+            postgres_redis,
+            ("postgres", "redis"),
         ),
     ]
 
@@ -263,18 +264,12 @@ async def run(
 ) -> list[Measured]:
     """Every variant at every key count, interleaved over `rounds` rounds."""
     all_variants = [v for v in variants(stores) if only is None or v.name in only]
-    problem = await stores.postgres_ready()
     for v in all_variants:
-        if v.name == "mw-pg-redis" and problem:
-            v.skip = problem
+        v.skip = await stores.problem(v.needs)
     out: list[Measured] = []
     for n in keys:
-        live = [v for v in all_variants if v.skip is None and n >= v.min_keys]
-        results = {
-            v.name: Measured(n, v.name, v.label, skip=v.skip)
-            for v in all_variants
-            if n >= v.min_keys
-        }
+        live = [v for v in all_variants if v.skip is None]
+        results = {v.name: Measured(n, v.name, v.label, skip=v.skip) for v in all_variants}
         for v in live:  # create the keys before any timing
             await v.build(n)
         for r in range(rounds):
@@ -309,6 +304,11 @@ _PACKAGE = os.path.dirname(os.path.abspath(sys.modules["meterware"].__file__ or 
 _STORAGE = os.path.join(_PACKAGE, "storage")
 
 
+def _frozen(at: float) -> Callable[[], float]:
+    """A clock that always says `at`."""
+    return lambda: at
+
+
 def _rss() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -320,10 +320,12 @@ async def measure_memory(count: int) -> dict[str, Any]:
 
     tracemalloc (one frame: an allocation belongs to the line that made it) counts what
     the traced requests left allocated, by file: meterware's own modules are the
-    middleware (key cache, per-minute windows, quota leases), `meterware/storage/` is
-    the memory:// store's growth. Then the process's RSS growth over the same requests
-    in a fresh app and store, untraced. The app has `lease_idle=3600`, so every key's
-    leases are still held at the end (all `count` keys active at once: the worst case).
+    middleware (key cache, leases of each key's minute window and month, month views),
+    `meterware/storage/` is the memory:// store's growth (its counters and totals). Then
+    the process's RSS growth over the same requests in a fresh app and store, untraced.
+    The app's clock is frozen at the start: no lease goes idle and no window ends, so
+    every key's leases are still held at the end (all `count` keys active at once: the
+    worst case).
     """
     from bench.fixtures import add_keys
     from meterware.storage.memory import MemoryStorage
@@ -335,7 +337,7 @@ async def measure_memory(count: int) -> dict[str, Any]:
         started = time.perf_counter()
         secrets = await add_keys(store, count, concurrency=100)
         say(f"memory: {count} keys in memory:// ({time.perf_counter() - started:.1f} s)")
-        app = apps.meterware_app(store, lease_idle=3600)
+        app = apps.meterware_app(store, clock=_frozen(time.time()))
         async with Lifespan(app):
             mw = apps.runtime_of(app)
             await Driver(app, apps.PATH, secrets[:1]).run(10)  # route cache, period, ...
@@ -356,8 +358,9 @@ async def measure_memory(count: int) -> dict[str, Any]:
                 _attribute(result, after.compare_to(before, "lineno"), count)
                 result.update(
                     cached_keys=len(mw.keys or ()),
-                    minute_windows=len(mw.windows),
-                    quota_leases=len(mw.quota),
+                    leases=len(mw.leases),
+                    minute_leases=None if mw.minutes is mw.leases else len(mw.minutes),
+                    month_views=len(mw.views),
                 )
             else:
                 result["rss_bytes"] = rss

@@ -15,11 +15,12 @@ import argparse
 import asyncio
 import json
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 
 async def _connection(
-    host: str, port: int, requests: list[bytes], offset: int, until: float, out: dict
+    host: str, port: int, requests: list[bytes], offset: int, until: float, out: dict[str, Any]
 ) -> None:
     reader, writer = await asyncio.open_connection(host, port)
     i = offset
@@ -48,7 +49,7 @@ async def _connection(
         writer.close()
 
 
-async def load(url: str, keys: list[str], duration: float, connections: int) -> dict:
+async def load(url: str, keys: list[str], duration: float, connections: int) -> dict[str, Any]:
     parts = urlsplit(url)
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     path = parts.path or "/"
@@ -56,7 +57,7 @@ async def load(url: str, keys: list[str], duration: float, connections: int) -> 
         f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nX-API-Key: {k}\r\n\r\n".encode()
         for k in keys
     ]
-    out: dict = {"latencies": [], "non2xx": 0, "read_errors": 0}
+    out: dict[str, Any] = {"latencies": [], "non2xx": 0, "read_errors": 0}
     started = time.perf_counter()
     until = started + duration
     step = max(1, len(requests) // connections)

@@ -57,6 +57,9 @@ async def build(variant: str, keys: int, stores: Any) -> tuple[Any, list[str]]:
     if variant == "pg":
         url, secrets = await stores.postgres(keys)
         return apps.meterware_app(url, rate_limit_storage=stores.redis_url), secrets
+    if variant == "pg-alone":
+        url, secrets = await stores.postgres(keys)
+        return apps.meterware_app(url), secrets
     raise SystemExit(f"unknown variant {variant!r}")
 
 
@@ -121,13 +124,14 @@ async def micro(mw: Any, secret: str) -> list[str]:
         except Exception as exc:  # the internals changed: say so, do not fail
             out.append(f"{'n/a':>9}     {name} ({type(exc).__name__}: {exc})")
 
+    from meterware.metering import Cost
+
     rt = mw  # the app's Runtime
     caller = _sync(rt.keys.resolve(secret, now))
     plan = rt.plan(caller)
-    limits = plan.limits
-    period = plan.period_at(now)
-    minute = _sync(rt.windows.hit(plan.minute_subject, limits.per_minute, now))
     route = rt.costs.lookup(scope)
+    needs = rt.admission._needs(plan, route.cost.credits, now)
+    _, leases, first, _ = needs[0]
 
     t("KeyExtractor: the secret from the headers", lambda: lambda: rt.extract(headers))
     t(
@@ -140,29 +144,36 @@ async def micro(mw: Any, secret: str) -> list[str]:
     )
     t("Runtime.plan (one dict lookup)", lambda: lambda: rt.plan(caller))
     t("RouteCosts.lookup (cached per path)", lambda: lambda: rt.costs.lookup(scope))
-    t(
-        "windows.hit (a new MinuteResult)",
-        lambda: lambda: _sync(rt.windows.hit(plan.minute_subject, limits.per_minute, now)),
-    )
+    t("Admission._needs: the units a request needs (cached per plan)", lambda: lambda: (
+        rt.admission._needs(plan, route.cost.credits, now)))  # fmt: skip
 
     def take() -> Callable[[], Any]:
         def go() -> None:
-            if not _sync(rt.quota.take(plan.requests, period.id, 1, limits.monthly_requests, now)):
+            if not leases.hand_out(first, now):
                 raise RuntimeError("no units at hand")
-            rt.quota.give_back(plan.requests, period.id, 1, limits.monthly_requests)
+            leases.give_back(first.counter, first.amount, now)
 
         return go
 
-    t("QuotaCounter.take + give_back (lease hit)", take)
-    t(
-        "Admission.headers: the rate-limit headers",
-        lambda: lambda: rt.admission.headers(plan, minute, now),
-    )
+    t("Leases.hand_out + give_back (units at hand)", take)
+    t("Admission.headers: the rate-limit headers", lambda: lambda: rt.admission.headers(plan, now))
+
+    def admit() -> Callable[[], Any]:
+        def go() -> None:
+            hold = _sync(rt.admission.admit(plan, route.cost, now))
+            hold.settle(200, route.cost.credits)
+
+        return go
+
+    t("Admission.admit + Hold.settle (every step above, and the ledger)", admit, number=5000)
+    zero = Cost(0, "bench", "Bench call")
+    t("Meter.admitted", lambda: lambda: rt.meter.admitted(caller.account_id, caller.key_id,
+                                                           zero, now))  # fmt: skip
 
     def merge() -> Callable[[], Any]:
         from meterware.responses import merge_headers
 
-        extra = rt.admission.headers(plan, minute, now)
+        extra = rt.admission.headers(plan, now)
         app_headers = [(b"content-length", b"5"), (b"content-type", b"text/plain; charset=utf-8")]
         return lambda: merge_headers(app_headers, extra)
 
@@ -174,7 +185,6 @@ async def micro(mw: Any, secret: str) -> list[str]:
         return lambda: Call(caller, rt)
 
     t("Call(caller, runtime) per request", call)
-    t("Meter.admitted", lambda: lambda: rt.meter.admitted(caller.key_id, now))
     if route.cost.credits:
         t(
             "Meter.charge",

@@ -1,9 +1,9 @@
 """Part 3: the credits usage report of a heavy key, through the ASGI app, on SQLite.
 
 The key has 1,000,000 recorded calls over the last 91 days (today and the 90 before),
-3 actions: 273 daily rollups written through `store.record(UsageBatch(...))`, as the
-ledger writes them, plus its lifetime request count. 100 other keys add noise (10 in the
-same account, 90 in accounts of their own), each with its own 273 rollups.
+3 actions: 273 daily rollups (calls, credits, requests, last use) written through
+`store.record(UsageBatch(...))`, as the ledger writes them. 100 other keys add noise (10
+in the same account, 90 in accounts of their own), each with its own 273 rollups.
 
 Timed: `GET /usage?days=90` (`usage_path="/usage", usage_format="credits"`) through the
 app with the heavy key, one call at a time, after 20 warm-up calls: median and p99 of
@@ -16,6 +16,7 @@ import asyncio
 import json
 import statistics
 import time
+from collections.abc import MutableMapping
 from datetime import timedelta
 from typing import Any
 
@@ -24,7 +25,7 @@ from bench.fixtures import Stores, say
 from bench.inproc import Lifespan, _receive, scope_for
 from meterware import Admin, storage_from_url
 from meterware.clock import day_of
-from meterware.storage import KeyActivity, Rollup, UsageBatch
+from meterware.storage import Rollup, UsageBatch
 
 CALLS = 1_000_000
 DAYS = 90
@@ -44,7 +45,7 @@ def _rollups(account_id: str, key_id: str, total: int, now: float) -> list[Rollu
     for i, (back, (action, _, credits)) in enumerate(cells):
         calls = base + (1 if i < extra else 0)
         day = (today - timedelta(days=back)).isoformat()
-        out.append(Rollup(account_id, key_id, action, day, calls, calls * credits))
+        out.append(Rollup(account_id, key_id, action, day, calls, calls * credits, calls, now))
     return out
 
 
@@ -58,7 +59,6 @@ async def _fill(url: str, now: float) -> str:
         rows = _rollups(key.account_id, key.id, CALLS, now)
         for start in range(0, len(rows), 100):
             await store.record(UsageBatch(rollups=rows[start : start + 100], labels=labels))
-        await store.record(UsageBatch(activity=[KeyActivity(key.id, CALLS, now)]))
         noise: list[Rollup] = []
         for i in range(NOISE_KEYS):
             account = key.account_id if i < 10 else None
@@ -79,7 +79,7 @@ async def run(stores: Stores, *, calls: int = 200, warmup: int = 20) -> dict[str
     body = bytearray()
     statuses: list[int] = []
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         if message["type"] == "http.response.start":
             statuses.append(message["status"])
         elif message["type"] == "http.response.body" and capture:

@@ -1,8 +1,9 @@
 """meterware's benchmark suite, one command: `python bench/run.py [--quick]`.
 
-Runs the parts (in process, memory, usage report, ledger flush, over HTTP), prints
-progress on stderr and one table on stdout, with PASS/MISS against the targets; `--json
-FILE` saves every number. See bench/README.md for what each number means.
+Runs the parts (in process, memory, round trips, usage report, ledger flush, over HTTP
+with 1 and 2 workers, uvicorn's and gunicorn's 2 workers), prints progress on stderr and
+one table on stdout, with PASS/MISS against the targets; `--json FILE` saves every
+number. See bench/README.md for what each number means.
 """
 
 from __future__ import annotations
@@ -28,12 +29,13 @@ from collections.abc import Sequence  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from typing import Any  # noqa: E402
 
-PARTS = ("inproc", "memory", "report", "flush", "http")
+PARTS = ("inproc", "memory", "trips", "report", "flush", "http", "http2", "workers")
+INCLUDES = {"inproc": ("memory",), "http": ("http2", "workers")}  # a part brings these
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description="meterware benchmarks; one table at the end.")
-    p.add_argument("--quick", action="store_true", help="a ~30 s smoke run (CI): 100 keys only")
+    p.add_argument("--quick", action="store_true", help="a ~1 min smoke run (CI): 100 keys only")
     p.add_argument("--keys", help="key counts for the in-process part (default 100,10000)")
     p.add_argument("--rounds", type=int, help="in-process rounds (default 5; quick 2)")
     p.add_argument("--batch", type=int, help="timed requests per variant and round (20000)")
@@ -41,14 +43,16 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--max-seconds", type=float, help="cap on one timed batch, in seconds (4; quick 1)"
     )
     p.add_argument(
-        "--only", help=f"comma-separated parts of {','.join(PARTS)} (inproc includes memory)"
+        "--only",
+        help=f"comma-separated parts of {','.join(PARTS)} (inproc includes memory; http "
+        "includes http2 and workers)",
     )
     p.add_argument("--variants", help="in-process variants to run (bare is always kept)")
     p.add_argument("--memory-keys", type=int, help="distinct keys for memory (100000)")
-    p.add_argument("--http-seconds", type=float, help="seconds per HTTP run (10; quick 3)")
+    p.add_argument("--http-seconds", type=float, help="seconds per HTTP run (10; quick 1)")
     p.add_argument("--http-rounds", type=int, help="HTTP rounds (2; quick 1)")
     p.add_argument("--http-keys", type=int, default=1000, help="API keys wrk rotates (1000)")
-    p.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL + Redis")
+    p.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL and Redis")
     p.add_argument("--json", metavar="FILE", help="also save every number as JSON")
     a = p.parse_args(argv)
     q = a.quick
@@ -64,8 +68,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     a.report_calls = 50 if q else 200
     a.flush_batches = 10 if q else 50
     a.parts = set(PARTS) if not a.only else set(a.only.split(","))
-    if "inproc" in a.parts:
-        a.parts.add("memory")
+    for part, brought in INCLUDES.items():
+        if part in a.parts:
+            a.parts.update(brought)
     unknown = a.parts - set(PARTS)
     if unknown:
         p.error(f"unknown parts {sorted(unknown)}; choose from {', '.join(PARTS)}")
@@ -74,7 +79,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 async def main(a: argparse.Namespace) -> dict[str, Any]:
-    from bench import flush, http, inproc, report
+    from bench import flush, http, inproc, report, trips
     from bench.fixtures import Stores, say
 
     results: dict[str, Any] = {
@@ -96,6 +101,8 @@ async def main(a: argparse.Namespace) -> dict[str, Any]:
                 max_seconds=a.max_seconds, only=a.variants,
             )  # fmt: skip
             results["inproc"] = [asdict(m) for m in measured]
+        if "trips" in a.parts:
+            results["trips"] = await trips.run(stores)
         if "report" in a.parts:
             results["report"] = await report.run(stores, calls=a.report_calls)
             say(f"report: {results['report']}")
@@ -104,15 +111,21 @@ async def main(a: argparse.Namespace) -> dict[str, Any]:
         if "memory" in a.parts:
             results["memory"] = await inproc.measure_memory(a.memory_keys)
             say(f"memory: {results['memory']}")
-        if "http" in a.parts:
+        for part, servers, rounds, baseline in (
+            ("http", http.ONE_WORKER, a.http_rounds, "bare"),
+            ("http2", http.TWO_WORKERS, a.http_rounds, "bare"),
+            ("workers", http.WORKER_MODES, 1, "gunicorn"),  # once
+        ):
+            if part not in a.parts:
+                continue
             runs, setup = await http.run(
-                stores, keys=a.http_keys, rounds=a.http_rounds, seconds=a.http_seconds,
+                stores, servers, keys=a.http_keys, rounds=rounds, seconds=a.http_seconds,
                 warm_seconds=a.http_warm,
             )  # fmt: skip
-            results["http"] = {
-                "setup": setup,
+            results[part] = {
+                "setup": {**setup, "baseline": baseline},
                 "runs": [asdict(r) for r in runs],
-                "ratios": http.ratios(runs),
+                "ratios": http.ratios(runs, baseline),
             }
     finally:
         await stores.close()
@@ -153,7 +166,7 @@ def source() -> dict[str, Any]:
 def _inproc(results: dict[str, Any], keys: int, variant: str) -> dict[str, Any] | None:
     for m in results.get("inproc", ()):
         if m["keys"] == keys and m["variant"] == variant and m["us"] and m["added"]:
-            return m
+            return dict(m)
     return None
 
 
@@ -161,11 +174,15 @@ def _ratio_of_added(results: dict[str, Any], keys: int, a: str, b: str) -> float
     ma, mb = _inproc(results, keys, a), _inproc(results, keys, b)
     if ma is None or mb is None:
         return None
-    return statistics.median(x / y for x, y in zip(ma["added"], mb["added"], strict=False))
+    return statistics.median(
+        float(x) / float(y) for x, y in zip(ma["added"], mb["added"], strict=False)
+    )
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     """Each target: what, the measured value, the limit, and PASS/MISS (n/a if not run)."""
+    from bench.trips import BACKENDS
+
     out: list[dict[str, Any]] = []
     tests = {"<=": float.__le__, "<": float.__lt__, ">=": float.__ge__}
 
@@ -176,33 +193,50 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
              "result": "n/a" if ok is None else ("PASS" if ok else "MISS")}
         )  # fmt: skip
 
-    def added(keys: int, variant: str) -> float | None:
-        m = _inproc(results, keys, variant)
-        return None if m is None else statistics.median(m["added"])
+    check(
+        "in process, 100 keys: meterware SQLite adds ≤ 1/3 of what slowapi adds",
+        _ratio_of_added(results, 100, "mw-sqlite", "slowapi"), "<=", 1 / 3, "×",
+    )  # fmt: skip
+    for variant, label in (("mw-pg", "PostgreSQL alone"), ("mw-pg-redis", "PostgreSQL + Redis")):
+        check(
+            f"in process, 100 keys: {label} adds ≤ 2× what SQLite adds",
+            _ratio_of_added(results, 100, variant, "mw-sqlite"), "<=", 2, "×",
+        )  # fmt: skip
+    check(
+        "in process, 10,000 keys: meterware SQLite adds ≤ 1/2 of what slowapi adds",
+        _ratio_of_added(results, 10_000, "mw-sqlite", "slowapi"), "<=", 1 / 2, "×",
+    )  # fmt: skip
 
-    for keys, limit in ((100, 12), (10_000, 15)):
+    def http_ratio(part: str, variant: str, measure: str) -> float | None:
+        ratio = results.get(part, {}).get("ratios", {}).get(variant)
+        return None if ratio is None else float(ratio[measure])
+
+    one = (
+        ("mw-sqlite", "SQLite", 0.85),
+        ("mw-pg", "PostgreSQL alone", 0.8),
+        ("mw-pg-redis", "PostgreSQL + Redis", 0.8),
+    )
+    for variant, label, limit in one:
         check(
-            f"full pipeline (SQLite) adds ≤ {limit} µs/request, {keys:,} keys",
-            added(keys, "mw-sqlite"), "<=", limit, "µs",
+            f"HTTP, 1 worker: meterware {label} ≥ {limit:g}× bare's requests/s",
+            http_ratio("http", variant, "rps"), ">=", limit, "×",
         )  # fmt: skip
-    check(
-        "key resolution + both limit checks ≤ 8 µs (memory://, no @cost), 100 keys",
-        added(100, "mw-memory"), "<=", 8, "µs",
-    )  # fmt: skip
-    for keys in (100, 10_000):
+    for variant, label, _ in one:
         check(
-            f"meterware SQLite's added cost < 1/3 of slowapi's, {keys:,} keys",
-            _ratio_of_added(results, keys, "mw-sqlite", "slowapi"), "<", 1 / 3, "×",
+            f"HTTP, 1 worker: meterware {label} p99 ≤ 1.5× bare's p99",
+            http_ratio("http", variant, "p99"), "<=", 1.5, "×",
         )  # fmt: skip
-    ratios = results.get("http", {}).get("ratios", {}).get("mw-sqlite")
-    check(
-        "HTTP: meterware SQLite ≥ 80% of bare's requests/s",
-        None if ratios is None else ratios["rps"], ">=", 0.8, "×",
-    )  # fmt: skip
-    check(
-        "HTTP: meterware SQLite p99 ≤ 1.5× bare's p99",
-        None if ratios is None else ratios["p99"], "<=", 1.5, "×",
-    )  # fmt: skip
+    for variant, label in (("mw-sqlite", "SQLite"), ("mw-pg", "PostgreSQL alone")):
+        check(
+            f"HTTP, 2 workers (gunicorn): meterware {label} ≥ 0.8× bare's requests/s",
+            http_ratio("http2", variant, "rps"), ">=", 0.8, "×",
+        )  # fmt: skip
+    for backend in BACKENDS:
+        trip = results.get("trips", {}).get(backend.name, {})
+        check(
+            f"store round trips ≤ 5 per 100 admitted requests, {backend.label}",
+            trip.get("per_100"), "<=", 5, "per 100",
+        )  # fmt: skip
     rep = results.get("report")
     for stat in ("median", "p99"):
         check(
@@ -228,7 +262,48 @@ def _spread(values: Sequence[float], fmt: str = "{:.1f}") -> str:
     return f"{fmt.format(min(values))}–{fmt.format(max(values))}"
 
 
+def _limit(limit: float, unit: str) -> str:
+    """A target's limit as written: 1/3 rather than 0.333, then its unit."""
+    if 0 < limit < 1 and abs(1 / limit - round(1 / limit)) < 1e-9:
+        return f"1/{round(1 / limit)}"
+    return f"{limit:g} {unit}"
+
+
+def _http_rows(part: str, title: str, h: dict[str, Any]) -> list[tuple[str, ...] | str]:
+    s = h["setup"]
+    rounds = max((len(r["rounds"]) for r in h["runs"]), default=0)
+    rows: list[tuple[str, ...] | str] = [
+        f"{title}: {s['server']}, load from {s['tool']}, {s['threads']} threads, "
+        f"{s['connections']} connections, {s['seconds']:g} s per run, {rounds} round(s), "
+        f"{s['keys']:,} keys; medians of rounds"
+    ]
+    baseline = "gunicorn's" if s["baseline"] == "gunicorn" else "bare's"
+    for r in h["runs"]:
+        if r["skip"]:
+            rows.append((part, f"{s['keys']:,}", r["label"], "skipped", r["skip"], ""))
+            continue
+        rps = statistics.median(x["rps"] for x in r["rounds"])
+        p50 = statistics.median(x["p50_us"] for x in r["rounds"]) / 1000
+        p99 = statistics.median(x["p99_us"] for x in r["rounds"]) / 1000
+        cpu = statistics.median(x["server_cpu_us"] for x in r["rounds"])
+        ratio = h["ratios"].get(r["name"])
+        tries = max(x.get("tries", 1) for x in r["rounds"])
+        idle = sum(x.get("busy_processes", 1) < r["workers"] for x in r["rounds"])
+        spread = f", {tries} runs to get every worker busy" if tries > 1 else ""
+        spread += f", a worker idle in {idle} round(s)" if idle else ""
+        vs = "—" if r["name"] == s["baseline"] or ratio is None else (
+            f"{ratio['rps']:.2f}× {baseline} req/s, p99 {ratio['p99']:.2f}×"
+        )  # fmt: skip
+        rows.append(
+            (part, f"{s['keys']:,}", r["label"], f"{rps:,.0f} req/s",
+             f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, server CPU {cpu:.0f} µs/req{spread}", vs)
+        )  # fmt: skip
+    return rows
+
+
 def table(results: dict[str, Any]) -> str:
+    from bench.trips import REQUESTS, STEP
+
     head = ("part", "keys", "measure", "value", "min–max / detail", "vs bare / result")
     rows: list[tuple[str, ...] | str] = []
     c = results["config"]
@@ -263,11 +338,12 @@ def table(results: dict[str, Any]) -> str:
             "memory: after one metered request from each of N distinct keys (memory:// store), "
             "ledger flushed; tracemalloc split by the innermost meterware frame"
         )
+        minutes = mem.get("minute_leases")
+        held = f"{mem['leases']:,} leases" + ("" if minutes is None else f" + {minutes:,}")
         rows.append(
-            ("memory", f"{mem['keys']:,}", "middleware: key cache + windows + quota leases",
+            ("memory", f"{mem['keys']:,}", "middleware: key cache + leases + month views",
              f"{mem['middleware_per_key']:.0f} B/key",
-             f"{mem['cached_keys']:,} cached, {mem['minute_windows']:,} windows, "
-             f"{mem['quota_leases']:,} leases", "")
+             f"{mem['cached_keys']:,} cached keys, {held}, {mem['month_views']:,} views", "")
         )  # fmt: skip
         rows.append(
             ("memory", f"{mem['keys']:,}", "memory:// store's own growth (counters, totals)",
@@ -277,6 +353,26 @@ def table(results: dict[str, Any]) -> str:
             ("memory", f"{mem['keys']:,}", "process RSS growth (all of it, no tracemalloc)",
              f"{mem['rss_per_key']:.0f} B/key", "", "")
         )  # fmt: skip
+    if "trips" in results:
+        rows.append(
+            f"round trips: one key (1,000/minute, 1,000,000/month), one request at a time, "
+            f"fake clock +{STEP} s per request (800/minute), {REQUESTS:,} requests; reserve and "
+            "release calls on the counter stores"
+        )
+        for trip in results["trips"].values():
+            if "skip" in trip:
+                rows.append(("trips", "1", trip["label"], "skipped", trip["skip"], ""))
+                continue
+            detail = f"{trip['main_reserves']} reserve + {trip['main_releases']} release"
+            if trip["window_reserves"] is not None:
+                detail = (
+                    f"main store {detail}; windows {trip['window_reserves']} reserve + "
+                    f"{trip['window_releases']} release"
+                )
+            rows.append(
+                ("trips", "1", trip["label"], f"{trip['per_100']:.2f} per 100 req",
+                 f"{trip['round_trips']} for {trip['admitted']:,} requests: {detail}", "")
+            )  # fmt: skip
     if "report" in results:
         rep = results["report"]
         rows.append(
@@ -290,7 +386,7 @@ def table(results: dict[str, Any]) -> str:
     if "flush" in results:
         rows.append(
             "ledger: Meter.flush() of 1,000 events (500 requests × admitted + charge) over "
-            "100 keys × 3 actions = 300 rollups + 100 activities; median of batches"
+            "100 keys × 3 actions = 300 rollups; median of batches"
         )
         for backend, fl in results["flush"].items():
             if "skip" in fl:
@@ -302,33 +398,19 @@ def table(results: dict[str, Any]) -> str:
                  f"recording {fl['record_us_per_event']:.2f} µs/event in memory; "
                  f"store.record {fl['store_record_us_per_rollup']:.2f} µs/rollup row", "")
             )  # fmt: skip
-    if "http" in results:
-        h = results["http"]
-        s = h["setup"]
-        rows.append(
-            f"over HTTP: {s['server']}, load from {s['tool']}, {s['threads']} threads, "
-            f"{s['connections']} connections, {s['seconds']:g} s per run, "
-            f"{len(h['runs'][0]['rounds'])} round(s), {s['keys']:,} keys; medians of rounds"
-        )
-        for r in h["runs"]:
-            if r["skip"]:
-                rows.append(("http", f"{s['keys']:,}", r["label"], "skipped", r["skip"], ""))
-                continue
-            rps = statistics.median(x["rps"] for x in r["rounds"])
-            p50 = statistics.median(x["p50_us"] for x in r["rounds"]) / 1000
-            p99 = statistics.median(x["p99_us"] for x in r["rounds"]) / 1000
-            cpu = statistics.median(x["server_cpu_us"] for x in r["rounds"])
-            ratio = h["ratios"].get(r["name"])
-            vs = "" if ratio is None else f"{ratio['rps']:.2f}× req/s, p99 {ratio['p99']:.2f}×"
-            rows.append(
-                ("http", f"{s['keys']:,}", r["label"], f"{rps:,.0f} req/s",
-                 f"p50 {p50:.2f} ms, p99 {p99:.2f} ms, server CPU {cpu:.0f} µs/req", vs)
-            )  # fmt: skip
+    titles = {
+        "http": "over HTTP, 1 worker",
+        "http2": "over HTTP, 2 workers",
+        "workers": "bare Starlette with 2 workers, each way once; ratios to gunicorn's",
+    }
+    for part, title in titles.items():
+        if part in results:
+            rows += _http_rows(part, title, results[part])
     rows.append("targets")
     for t in results["targets"]:
         v = t["value"]
         value = "n/a" if v is None else f"{v:.{1 if t['unit'] == 'µs' else 2}f} {t['unit']}"
-        shown = "1/3" if abs(t["limit"] - 1 / 3) < 1e-9 else f"{t['limit']:g} {t['unit']}"
+        shown = _limit(t["limit"], t["unit"])
         limit = f"{t['op'].replace('<=', '≤').replace('>=', '≥')} {shown}"
         rows.append(("target", "", t["target"], value, limit, t["result"]))
     widths = [len(h) for h in head]
