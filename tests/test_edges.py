@@ -67,15 +67,18 @@ async def test_month_rollover_never_over_admits():
 
 
 async def test_cancelled_flush_keeps_the_usage():
-    """A flush cancelled while writing puts its aggregates back."""
+    """A flush cancelled while writing leaves the write to finish: its aggregates come
+    back if the write fails (and are not counted twice if it succeeds)."""
     store = MemoryStorage()
     await store.open()
     meter = Meter(store)
     started = asyncio.Event()
+    fail = asyncio.Event()
 
     async def slow_record(batch):
         started.set()
-        await asyncio.sleep(10)
+        await fail.wait()
+        raise StorageError("the write failed in the end")
 
     store.record = slow_record  # type: ignore[method-assign]
     image = Cost(30, "image_to_html", "Image → HTML")
@@ -87,7 +90,10 @@ async def test_cancelled_flush_keeps_the_usage():
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert meter.pending == 2
+    assert meter.pending == 0 and len(meter.writing) == 1  # the write goes on; in doubt
+    fail.set()
+    await asyncio.gather(*meter.writing, return_exceptions=True)
+    assert meter.pending == 2  # it failed: nothing is lost
 
 
 async def test_credits_outage_does_not_cost_a_monthly_request(clock):

@@ -115,6 +115,41 @@ async def test_starlette_example_reference_b(tmp_path, monkeypatch):
     assert status["data"]["subscription"]["tier"] == "professional"
 
 
+async def test_every_error_of_the_examples_is_in_their_envelope(tmp_path, monkeypatch):
+    """Unknown paths and methods, bad parameters and the handlers' own 404s answer in the
+    example's reference envelope (flat for A, wrapped with a timestamp for B)."""
+    url = f"sqlite:///{tmp_path}/e.db"
+    fastapi_example = load_example("fastapi_app", url, monkeypatch)
+    starlette_example = load_example("starlette_app", url, monkeypatch)
+    _, secret = await make_key(url, tier="pro")
+    key = {"X-API-Key": secret}
+    async with serve(fastapi_example) as client:
+        a = {
+            "unknown path": await client.get("/api/v1/nothing", headers=key),
+            "wrong method": await client.get("/api/v1/image-to-html", headers=key),
+        }
+    async with serve(starlette_example) as client:
+        b = {
+            "unknown path": await client.get("/api/external/v1/nothing", headers=key),
+            "wrong method": await client.delete("/api/external/v1/websites", headers=key),
+            "no such site": await client.get("/api/external/v1/websites/site_9/stats", headers=key),
+        }
+    assert {k: (r.status_code, r.json()) for k, r in a.items()} == {
+        "unknown path": (404, {"error": "Not Found"}),
+        "wrong method": (405, {"error": "Method Not Allowed"}),
+    }
+    for name, answer in b.items():
+        body = answer.json()
+        assert body["success"] is False, name
+        assert set(body["error"]) == {"message", "code", "timestamp"}, name
+        assert body["error"]["timestamp"].endswith("Z"), name
+    assert [(r.status_code, r.json()["error"]["code"]) for r in b.values()] == [
+        (404, "NOT_FOUND"), (405, "METHOD_NOT_ALLOWED"), (404, "NOT_FOUND"),
+    ]  # fmt: skip
+    assert b["no such site"].json()["error"]["message"] == "Website not found"
+    assert all("x-ratelimit-remaining" in r.headers for r in (*a.values(), *b.values()))
+
+
 # -- a real server ----------------------------------------------------------------------
 
 

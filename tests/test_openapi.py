@@ -259,8 +259,8 @@ async def test_credits_usage_operation() -> None:
         "maximum": 90,
         "default": 30,
     }
-    assert params["keyId"]["schema"] == {"type": "string"}
-    assert set(operation["responses"]) == {"200", "400", "401", "404", "429"}
+    assert params["keyId"]["schema"] == {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"}
+    assert set(operation["responses"]) == {"200", "400", "401", "404", "405", "429", "503"}
     report = ok_schema(doc)
     assert report is doc["components"]["schemas"]["CreditsReport"]
     assert report["required"] == ["period", "summary", "daily"]
@@ -280,7 +280,7 @@ async def test_quota_usage_operation() -> None:
     operation = doc["paths"][USAGE]["get"]
     assert operation["operationId"] == "meterware_usage"
     assert "parameters" not in operation
-    assert set(operation["responses"]) == {"200", "400", "401", "429"}
+    assert set(operation["responses"]) == {"200", "400", "401", "405", "429", "503"}
     status = ok_schema(doc)
     assert status is doc["components"]["schemas"]["QuotaStatus"]
     assert "CreditsReport" not in doc["components"]["schemas"]
@@ -443,3 +443,25 @@ async def test_document_is_valid_openapi(usage_format: str) -> None:
     app = fastapi_app(usage_format)
     document(app, usage_format)
     validator.validate(app.openapi())
+
+
+async def test_documented_answers_match_what_the_server_sends() -> None:
+    """Every authenticated operation documents 503 STORAGE_UNAVAILABLE, the WWW-Authenticate
+    challenge of its 401, and the rate-limit headers on every other answer (its 200
+    included), as the server sends them."""
+    app = fastapi_app()
+    document(app)
+    doc = app.openapi()
+    for path, item in doc["paths"].items():
+        if path == "/health":
+            continue
+        for operation in item.values():
+            responses = operation["responses"]
+            assert "503" in responses, path
+            if "UNAUTHORIZED" in responses["401"]["description"]:  # ours, not the host's
+                assert "WWW-Authenticate" in responses["401"]["headers"], path
+            for status, response in responses.items():
+                if status not in ("401", "503"):
+                    assert {"RateLimit", "X-RateLimit-Remaining"} <= set(response["headers"]), (
+                        path, status,
+                    )  # fmt: skip

@@ -93,7 +93,9 @@ async def test_redis_outage_fails_open_and_recovers(
     """Redis killed: requests pass, one warning; Redis back: limits apply again, no restart."""
     _, one = await new_key(store, clock, per_minute=3)
     _, two = await new_key(store, clock, per_minute=3)
-    app = starlette_app(store, clock, rate_limit_storage=redis_server.limits_url)
+    app = starlette_app(
+        store, clock, rate_limit_storage=redis_server.limits_url, probe_interval=0.2
+    )
     caplog.set_level(logging.WARNING, logger="meterware")
     async with serve(app) as client:
         before = [code(await call(client, one, "/hello")) for _ in range(4)]
@@ -103,6 +105,7 @@ async def test_redis_outage_fails_open_and_recovers(
         failed = messages(caplog, MINUTE_FAILED)
 
         await asyncio.to_thread(redis_server.start)
+        await asyncio.sleep(0.2)  # the probe interval: then the next request tries Redis
         after = [code(await call(client, two, "/hello")) for _ in range(4)]
     print(f"\nRedis outage: before {before}, during {Counter(during)}, after {after}")
     print(f"  warnings: {failed} then {messages(caplog, 'is back')}")
@@ -224,7 +227,10 @@ async def test_fail_open_admits_everything_it_can_while_postgres_is_down(
     _, small = await new_key(store, clock, monthly_limit=50, per_minute=1000)
     _, credits = await new_key(store, clock, monthly_credits=10_000, per_minute=1000)
     _, fresh = await new_key(store, clock, per_minute=1000)
-    app = starlette_app(store, clock, fail_open=True, rate_limit_storage=redis_server.limits_url)
+    app = starlette_app(
+        store, clock, fail_open=True, rate_limit_storage=redis_server.limits_url,
+        probe_interval=0.2,
+    )  # fmt: skip
     caplog.set_level(logging.WARNING, logger="meterware")
     async with serve(app) as client:
         mw = runtime_of(app)
@@ -233,6 +239,7 @@ async def test_fail_open_admits_everything_it_can_while_postgres_is_down(
         during = [code(await call(client, s)) for s in (small, credits) * 5]
         unknown = code(await call(client, fresh))
         await asyncio.to_thread(pg.start)
+        await asyncio.sleep(0.25)  # past the probe interval: the next lookup tries again
         after = [code(await call(client, s)) for s in (small, credits, fresh)]
         assert await mw.meter.flush()
         rows = await store.usage(

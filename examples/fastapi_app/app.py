@@ -14,9 +14,13 @@ import os
 
 from fastapi import Depends, FastAPI
 
-from meterware import Caller, MeterwareMiddleware, cost, get_caller
+from meterware import Caller, MeterwareMiddleware, cost, error_handlers, get_caller
 
-app = FastAPI(title="Design export API (meterware example)")
+# Every error this API sends is in reference A's envelope, {"error": "..."}: meterware's
+# refusals, and the app's own (unknown paths and methods, bad parameters, crashes).
+app = FastAPI(
+    title="Design export API (meterware example)", exception_handlers=error_handlers("flat")
+)
 app.add_middleware(MeterwareMiddleware, usage_path="/api/v1/usage", usage_format="credits")
 
 

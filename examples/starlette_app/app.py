@@ -11,12 +11,13 @@ limits from `METERWARE_RATE_LIMIT_STORAGE` (default: in process). Create keys wi
 from __future__ import annotations
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from meterware import MeterwareMiddleware, get_caller
+from meterware import MeterwareMiddleware, error_handlers, get_caller
 
 WEBSITES = {
     "site_1": {"id": "site_1", "domain": "example.com"},
@@ -33,10 +34,7 @@ async def websites(request: Request) -> JSONResponse:
 async def website_stats(request: Request) -> JSONResponse:
     website_id = request.path_params["website_id"]
     if website_id not in WEBSITES:
-        return JSONResponse(
-            {"success": False, "error": {"message": "Website not found", "code": "NOT_FOUND"}},
-            status_code=404,
-        )
+        raise HTTPException(404, "Website not found")
     return JSONResponse({"success": True, "data": {"website_id": website_id, "visitors": 1234}})
 
 
@@ -53,4 +51,7 @@ app = Starlette(
     middleware=[
         Middleware(MeterwareMiddleware, usage_path="/api/external/v1/usage", usage_format="quota")
     ],
+    # Every error this API sends is in reference B's envelope, with its timestamp:
+    # meterware's refusals, and the app's own (unknown paths and methods, crashes).
+    exception_handlers=error_handlers("wrapped"),
 )

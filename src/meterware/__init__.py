@@ -16,6 +16,7 @@ from meterware.errors import (
 from meterware.keys import ApiKey, Caller, KeyResolver, SecretHasher
 from meterware.metering import Cost, cost
 from meterware.middleware import MeterwareMiddleware
+from meterware.responses import error_handlers
 from meterware.runtime import get_caller, set_cost
 from meterware.storage import Storage, storage_from_url
 from meterware.tiers import DEFAULT_TIERS, Tier, TierTable
@@ -47,6 +48,7 @@ __all__ = [
     "UsageApp",
     "__version__",
     "cost",
+    "error_handlers",
     "get_caller",
     "set_cost",
     "storage_from_url",

@@ -104,6 +104,13 @@ class Settings:
     quota_block: int = 1000
     lease_idle: float = 60.0
     fail_open: frozenset[str] = frozenset({"rate_limit"})
+    storage_timeout: float = 1.0
+    probe_interval: float = 1.0
+
+    @property
+    def background_timeout(self) -> float:
+        """The bound on background store work (a flush, a key poll): 10 × storage_timeout."""
+        return 10 * self.storage_timeout
 
     @classmethod
     def resolve(
@@ -131,6 +138,8 @@ class Settings:
         quota_block: int = 1000,
         lease_idle: float = 60.0,
         fail_open: bool | Collection[str] = ("rate_limit",),
+        storage_timeout: float = 1.0,
+        probe_interval: float = 1.0,
     ) -> Settings:
         """Settings from the middleware's keyword options, with the environment's
         fallbacks; a `ConfigurationError` names the first option that cannot be used."""
@@ -167,6 +176,8 @@ class Settings:
             raise ConfigurationError("quota_block must be >= 1")
         if lease_idle <= 0:
             raise ConfigurationError("lease_idle must be > 0 seconds")
+        if not storage_timeout > 0 or not probe_interval > 0:
+            raise ConfigurationError("storage_timeout and probe_interval must be > 0 seconds")
         if isinstance(default_cost, bool) or not isinstance(default_cost, int) or default_cost < 0:
             raise ConfigurationError(f"default_cost must be an integer >= 0, not {default_cost!r}")
         return cls(
@@ -192,6 +203,8 @@ class Settings:
             quota_block=quota_block,
             lease_idle=lease_idle,
             fail_open=_concerns(fail_open),
+            storage_timeout=storage_timeout,
+            probe_interval=probe_interval,
         )
 
 

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable
 
 from meterware.clock import day_of, midnight
+from meterware.errors import StorageUnavailable
 from meterware.metering import Cost
 from meterware.storage.base import Storage
 from meterware.storage.records import Rollup, UsageBatch
@@ -30,7 +31,8 @@ class Meter:
     """The write-behind ledger: record in memory now, write in batches later.
 
     `on_take` is called each time a flush takes what is pending (with no await between
-    the two), so that whoever counts alongside the ledger knows what the flush carries.
+    the two), so that whoever counts alongside the ledger knows what the flush carries;
+    `on_written` each time a flush's write succeeded (the store is answering).
     """
 
     def __init__(
@@ -41,12 +43,16 @@ class Meter:
         flush_batch: int = 10_000,
         max_pending: int = 100_000,
         on_take: Callable[[], None] = lambda: None,
+        on_written: Callable[[], None] = lambda: None,
+        timeout: float = 10.0,
     ) -> None:
         self.store = store
         self.flush_interval = flush_interval
         self.flush_batch = flush_batch
         self.max_pending = max_pending
         self.on_take = on_take
+        self.on_written = on_written
+        self.timeout = timeout
         self._rollups: dict[tuple[str, str, str, str], Rollup] = {}
         self._labels: dict[str, str] = {}
         self._events = 0
@@ -56,6 +62,7 @@ class Meter:
         self._lock = asyncio.Lock()
         self._wakeup = asyncio.Event()
         self.failures = 0
+        self.writing: set[asyncio.Future[None]] = set()  # writes that outlived their flush
 
     @property
     def pending(self) -> int:
@@ -132,22 +139,29 @@ class Meter:
 
     async def flush(self, after: Callable[[], Awaitable[None]] | None = None) -> bool:
         """Write what is pending in one transaction; on failure keep it and return False.
-        `after` runs once the write succeeded, before any other flush may start."""
+        `after` runs once the write succeeded, before any other flush may start.
+
+        A write gets `timeout` seconds. One that takes longer is not cancelled (a cancel
+        racing its commit could count it twice): it goes on in the background, its batch
+        put back only if it fails in the end, and this flush reports a failure."""
         async with self._lock:
             batch = self._take()
             if batch:
+                write = asyncio.ensure_future(self.store.record(batch))
                 try:
-                    await self.store.record(batch)
-                except BaseException as exc:  # cancelled too: the batch must not be lost
+                    done, _ = await asyncio.wait({write}, timeout=self.timeout)
+                except BaseException:  # this flush was cancelled: the write's outcome decides
+                    self._pending_write(write, batch)
+                    raise
+                if not done:
+                    self._pending_write(write, batch)
+                    late = f"usage flush: no answer within {self.timeout:g} s"
+                    return self._failed(StorageUnavailable(late))
+                error = write.exception()
+                if error is not None:
                     self._put_back(batch)
-                    if not isinstance(exc, Exception):
-                        raise
-                    if self.failures == 0:
-                        log.warning(
-                            "usage flush failed, keeping %d aggregates: %s", self.pending, exc
-                        )
-                    self.failures += 1
-                    return False
+                    return self._failed(error)
+                self.on_written()
                 if self.failures:
                     log.warning("usage flush recovered after %d failed attempts", self.failures)
                     self.failures = 0
@@ -157,6 +171,21 @@ class Meter:
             if after is not None:
                 await after()
             return True
+
+    def _failed(self, exc: BaseException) -> bool:
+        if self.failures == 0:
+            log.warning("usage flush failed, keeping %d aggregates: %s", self.pending, exc)
+        self.failures += 1
+        return False
+
+    def _pending_write(self, write: asyncio.Future[None], batch: UsageBatch) -> None:
+        self.writing.add(write)
+        write.add_done_callback(lambda done: self._written_late(done, batch))
+
+    def _written_late(self, write: asyncio.Future[None], batch: UsageBatch) -> None:
+        self.writing.discard(write)
+        if write.cancelled() or write.exception() is not None:
+            self._put_back(batch)
 
     def wake(self) -> None:
         """End the current `wait` early."""

@@ -78,6 +78,8 @@ class MeterwareMiddleware:
         quota_block: int = 1000,
         lease_idle: float = 60.0,
         fail_open: bool | Collection[str] = ("rate_limit",),
+        storage_timeout: float = 1.0,
+        probe_interval: float = 1.0,
         clock: Clock = system_clock,
     ) -> None:
         self.app = app
@@ -90,7 +92,7 @@ class MeterwareMiddleware:
             default_cost=default_cost, charge=charge, usage_path=usage_path,
             usage_format=usage_format, flush_interval=flush_interval, flush_batch=flush_batch,
             max_pending=max_pending, quota_block=quota_block, lease_idle=lease_idle,
-            fail_open=fail_open,
+            fail_open=fail_open, storage_timeout=storage_timeout, probe_interval=probe_interval,
         )  # fmt: skip
         self.runtime = Runtime(
             settings,

@@ -103,8 +103,11 @@ def _complete(
                 continue
             _secure(operation, ours)
             responses = operation.setdefault("responses", {})
-            responses.setdefault("401", _error("Invalid or missing API key (`UNAUTHORIZED`)."))
+            unauthorized = _error("Invalid or missing API key (`UNAUTHORIZED`).")
+            unauthorized["headers"] = {"WWW-Authenticate": _header(CHALLENGE, "string")}
+            responses.setdefault("401", unauthorized)  # (a host's own 401 is kept as it is)
             responses.setdefault("429", _too_many())
+            responses.setdefault("503", _unavailable())
             cost = _cost_of(app, path, method.upper(), default_cost)
             if cost is not None and cost.credits > 0:
                 operation.setdefault(
@@ -114,6 +117,11 @@ def _complete(
                 responses.setdefault(
                     "402", _error("Monthly credit allowance exceeded (`INSUFFICIENT_CREDITS`).")
                 )
+            for status, response in responses.items():
+                if status not in ("401", "503"):  # every other answer carries them
+                    headers = response.setdefault("headers", {})
+                    for name, header in RATE_LIMIT_HEADERS.items():
+                        headers.setdefault(name, header)
             operation["responses"] = dict(sorted(responses.items()))
 
 
@@ -162,22 +170,36 @@ def _error(description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def _too_many() -> dict[str, Any]:
-    def header(description: str, kind: str = "integer") -> dict[str, Any]:
-        return {"description": description, "schema": {"type": kind}}
+def _header(description: str, kind: str = "integer") -> dict[str, Any]:
+    return {"description": description, "schema": {"type": kind}}
 
+
+CHALLENGE = "How to present a key: `Bearer` and `ApiKey` challenges (RFC 9110 §11.6.1)."
+RATE_LIMIT_HEADERS = {
+    "X-RateLimit-Limit": _header("Requests allowed per minute."),
+    "X-RateLimit-Remaining": _header("Requests left in the current minute."),
+    "X-RateLimit-Reset": _header("When the minute window resets (epoch seconds)."),
+    "RateLimit": _header("IETF RateLimit: remaining requests and seconds to reset.", "string"),
+    "RateLimit-Policy": _header("IETF RateLimit-Policy: the quotas in force.", "string"),
+}
+"""What every answer to an authenticated request carries (those a deployment configured)."""
+
+
+def _too_many() -> dict[str, Any]:
     response = _error(
         "Per-minute rate limit (`RATE_LIMITED`) or monthly request quota (`QUOTA_EXCEEDED`) "
         "exceeded."
     )
-    response["headers"] = {
-        "Retry-After": header("Seconds to wait before retrying."),
-        "X-RateLimit-Limit": header("Requests allowed per minute."),
-        "X-RateLimit-Remaining": header("Requests left in the current minute."),
-        "X-RateLimit-Reset": header("When the minute window resets (epoch seconds)."),
-        "RateLimit": header("IETF RateLimit: remaining requests and seconds to reset.", "string"),
-        "RateLimit-Policy": header("IETF RateLimit-Policy: the quotas in force.", "string"),
-    }
+    response["headers"] = {"Retry-After": _header("Seconds to wait before retrying.")}
+    return response
+
+
+def _unavailable() -> dict[str, Any]:
+    response = _error(
+        "The usage storage could not be reached where the check fails closed "
+        "(`STORAGE_UNAVAILABLE`)."
+    )
+    response["headers"] = {"Retry-After": _header("Seconds to wait before retrying.")}
     return response
 
 
@@ -200,7 +222,7 @@ def _usage_operation(usage_format: str, schemas: dict[str, Any]) -> dict[str, An
         )
         operation["parameters"] = [
             _query("days", {"type": "integer", "minimum": 1, "maximum": 90, "default": 30}),
-            _query("keyId", _kind("str")),
+            _query("keyId", {"type": "string", "pattern": r"^[A-Za-z0-9_.:-]{1,128}$"}),
         ]
         ok = "CreditsReport"
         errors = {"400": _error(bad), "404": _error("Unknown key (`NOT_FOUND`).")}
@@ -211,6 +233,8 @@ def _usage_operation(usage_format: str, schemas: dict[str, Any]) -> dict[str, An
         ok = "QuotaStatus"
         errors = {"400": _error(bad)}
     content = {"application/json": {"schema": {"$ref": f"#/components/schemas/{ok}"}}}
+    errors["405"] = _error("Only GET (and HEAD) are answered (`METHOD_NOT_ALLOWED`).")
+    errors["405"]["headers"] = {"Allow": _header("The methods answered: GET.", "string")}
     operation["responses"] = {"200": {"description": "Usage.", "content": content}, **errors}
     return operation
 

@@ -17,15 +17,25 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any, Literal
 
 from starlette.types import Receive, Send
 
 from meterware.clock import isoformat_ms
 
-__all__ = ["Denial", "Envelope", "HeaderParts", "RateLimitHeaders", "Refusal", "render_json"]
+__all__ = [
+    "Denial",
+    "Envelope",
+    "HeaderParts",
+    "RateLimitHeaders",
+    "Refusal",
+    "error_handlers",
+    "render_json",
+]
 
 Envelope = Literal["flat", "wrapped"]
 ENVELOPES: tuple[Envelope, ...] = ("flat", "wrapped")
@@ -253,3 +263,40 @@ def merge_headers(headers: Iterable[tuple[bytes, bytes]], extra: Headers) -> Hea
             break
     merged += extra
     return merged
+
+
+def error_handlers(envelope: Envelope) -> dict[Any, Any]:
+    """Exception handlers for a Starlette or FastAPI app (its `exception_handlers=`, or
+    `app.add_exception_handler`) that answer the app's own errors in `envelope`, as
+    meterware answers its refusals: `HTTPException` (unknown paths, methods, the
+    handlers' own 404s), FastAPI's validation errors (a 400, as the reference APIs have
+    it) and unexpected exceptions (a 500 that reveals nothing)."""
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
+    from starlette.responses import Response
+
+    def answer(status: int, message: str, headers: Mapping[str, str] | None = None) -> Response:
+        refusal = Refusal(status, HTTPStatus(status).name, message)
+        body = error_body(envelope, refusal, time.time())
+        return Response(body, status, headers=headers, media_type="application/json")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return answer(exc.status_code, str(exc.detail), exc.headers)
+
+    async def invalid(request: Request, exc: Exception) -> Response:
+        errors: list[dict[str, Any]] = getattr(exc, "errors", list)()
+        where = ", ".join(".".join(str(p) for p in e.get("loc", ())) for e in errors[:3])
+        return answer(400, f"Invalid request: {where}" if where else "Invalid request")
+
+    async def crashed(request: Request, exc: Exception) -> Response:
+        return answer(500, "Internal server error")
+
+    handlers: dict[Any, Any] = {HTTPException: http_error, Exception: crashed}
+    try:
+        from fastapi.exceptions import RequestValidationError
+    except ImportError:  # not a FastAPI app
+        pass
+    else:
+        handlers[RequestValidationError] = invalid
+    return handlers

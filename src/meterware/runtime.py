@@ -29,6 +29,7 @@ from meterware.admission import Admission, Plan
 from meterware.clock import Clock
 from meterware.config import Settings
 from meterware.errors import ConfigurationError, StorageError
+from meterware.guard import Breaker, Guarded, bounded
 from meterware.keycache import KeyCache
 from meterware.keys import Caller, KeyExtractor, KeyResolver, SecretHasher
 from meterware.leases import Leases
@@ -66,14 +67,23 @@ class Runtime:
         self.store = (
             storage
             if isinstance(storage, Storage)
-            else storage_from_url(config.storage_url(storage))
+            # (SQLite waits this long for another process's write lock; others ignore it)
+            else storage_from_url(
+                config.storage_url(storage), busy_timeout=settings.storage_timeout
+            )
         )
         self.tiers = TierTable.coerce(tiers)
         self.hasher = SecretHasher(prefix=settings.key_prefix, pepper=settings.pepper)
         self.extract = KeyExtractor(settings.key_headers, bearer=settings.bearer)
         unauthorized = responses.challenges(settings.key_headers, settings.bearer)
         self.unauthorized = Denial(responses.UNAUTHORIZED, unauthorized)
-        self.keys = KeyCache(self.store, self.hasher) if resolver is None else None
+        self.breaker = Breaker(
+            "usage storage",
+            timeout=settings.storage_timeout,
+            probe_every=settings.probe_interval,
+        )
+        guarded = Guarded(self.store, self.breaker, poll_timeout=settings.background_timeout)
+        self.keys = KeyCache(guarded, self.hasher) if resolver is None else None
         self.host_resolver = resolver
         self.costs = RouteCosts(settings.default_cost, routes_of=routes_of)
         self.views = MonthViews(refresh=settings.key_refresh)
@@ -83,14 +93,22 @@ class Runtime:
             flush_batch=settings.flush_batch,
             max_pending=settings.max_pending,
             on_take=self.views.mark,
+            on_written=self.breaker.answered,
+            timeout=settings.background_timeout,
         )
-        self.leases = Leases(self.store, max_block=settings.quota_block)
+        self.leases = Leases(guarded, max_block=settings.quota_block)
         windows = window_store(settings.rate_limit_storage, self.store)
-        self.minutes = (
-            self.leases
-            if windows is self.store
-            else Leases(windows, max_block=settings.quota_block)
-        )
+        if windows is self.store:  # one round trip serves the minute and the month
+            self.minutes = self.leases
+        else:
+            breaker = Breaker(
+                "rate limit storage",
+                timeout=settings.storage_timeout,
+                probe_every=settings.probe_interval,
+            )
+            timeout = settings.background_timeout
+            guarded_windows = Guarded(windows, breaker, poll_timeout=timeout)
+            self.minutes = Leases(guarded_windows, max_block=settings.quota_block)
         self.admission = Admission(
             self.minutes,
             self.leases,
@@ -214,6 +232,8 @@ class Runtime:
                 await task
         self._tasks = []
         self._stopping = False
+        if self.meter.writing:  # writes that outlived their flush: their outcome first
+            await asyncio.wait(self.meter.writing, timeout=self.settings.background_timeout)
         for attempt in range(3):
             if await self.meter.flush():
                 break
@@ -243,7 +263,9 @@ class Runtime:
             await self.keys.poll()
 
     async def upkeep(self) -> None:
-        """Return idle leases, forget those whose window ended."""
+        """Return idle leases, forget those whose window ended; let the store look for
+        trouble of its own (a SQLite file replaced, say)."""
+        await self.store.check()
         now = self.clock()
         for leases in {self.leases, self.minutes}:
             await leases.release_idle(now)
@@ -258,7 +280,8 @@ class Runtime:
 
     async def _read_views(self) -> None:
         try:
-            await self.views.read(self.store, self.clock())
+            timeout = self.settings.background_timeout
+            await bounded(self.views.read(self.store, self.clock()), timeout, "month's counts")
         except StorageError as exc:
             log.debug("could not read the month's counts: %s", exc)
 

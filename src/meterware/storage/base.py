@@ -87,6 +87,20 @@ class Storage(abc.ABC):
     def opened(self) -> bool:
         return self._opened
 
+    def _driver_failed(self, exc: Exception) -> None:
+        """A driver error is about to be raised as `StorageError` (a backend may note it,
+        to heal before its next operation)."""
+        return None
+
+    async def _heal(self) -> None:
+        """Called before each operation: a backend that noted trouble heals here."""
+        return None
+
+    async def check(self) -> None:
+        """Look for trouble a store cannot see from its own operations (the runtime calls
+        this every second or so); say so in the log, and heal what can be healed."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact(self.url)!r})"
 
@@ -261,11 +275,16 @@ def retiring(key: ApiKey, secret_expires_at: float | None) -> ApiKey:
 
 
 def _wrap_errors(method: _F, errors: tuple[type[Exception], ...]) -> _F:
+    heals = method.__name__ not in ("open", "close", "check")
+
     @functools.wraps(method)
     async def wrapper(self: Storage, *args: Any, **kwargs: Any) -> Any:
         try:
+            if heals:
+                await self._heal()
             return await method(self, *args, **kwargs)
         except errors as exc:
+            self._driver_failed(exc)
             raise wrap_error(self, exc) from exc
 
     return wrapper  # type: ignore[return-value]

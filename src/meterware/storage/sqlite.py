@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import sqlite3
 import time
@@ -66,6 +67,8 @@ from meterware.storage.sqlite_sql import (
 
 __all__ = ["SQLiteStorage"]
 
+log = logging.getLogger("meterware")
+
 
 def path_from_url(url: str) -> str:
     """`sqlite:///rel.db` -> `rel.db`, `sqlite:////abs.db` -> `/abs.db`, `sqlite://:memory:`."""
@@ -82,7 +85,15 @@ def path_from_url(url: str) -> str:
 
 
 class SQLiteStorage(Storage, Transferable):
-    """`sqlite:///relative/path.db` or `sqlite:////absolute/path.db`."""
+    """`sqlite:///relative/path.db` or `sqlite:////absolute/path.db`.
+
+    Options: `busy_timeout` - seconds to wait for another process's write lock before
+    failing with `StorageError`. Defaults to 1.0 (the middleware's `storage_timeout`).
+
+    A connection that cannot write (the file or its directory read-only, say) is opened
+    again before the next operation, so the store recovers once writing works; a file
+    deleted or replaced while in use is noticed by `check()` and opened again.
+    """
 
     resource_attribute = "_db"
     driver_errors = (sqlite3.Error,)
@@ -90,6 +101,9 @@ class SQLiteStorage(Storage, Transferable):
     def __init__(self, url: str = "sqlite:///meterware.db", **options: Any) -> None:
         super().__init__(url, **options)
         self.path = path_from_url(url)
+        self.busy_timeout = float(options.get("busy_timeout", 1.0))
+        self._file: tuple[int, int] | None = None  # (device, inode) of the file opened
+        self._reopen = False  # the connection cannot write: open it again before using it
         self._db: aiosqlite.Connection | None = None
         self._write = asyncio.Lock()
         self._opening = asyncio.Lock()
@@ -115,23 +129,35 @@ class SQLiteStorage(Storage, Transferable):
         except (sqlite3.Error, OSError) as exc:
             raise StorageError(f"cannot open {self.path!r}: {exc}") from exc
         try:
-            await db.execute("PRAGMA busy_timeout = 10000")
+            await db.execute("PRAGMA busy_timeout = 30000")  # migrations may take a while
             await _use_wal(db)
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
             await self._migrate(db)
+            await db.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+            writable = await _writable(db)
         except BaseException:
             await db.close()
             raise
         self._db = db
         self._opened = True
+        self._file = _identity(self.path)
+        if writable is not None:
+            log.warning(
+                "%r cannot be written (%s): what needs a write gets 503 until it can; "
+                "meterware opens it again then",
+                self, writable,
+            )  # fmt: skip
+            self._reopen = True
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
+        if await _version(db) == SCHEMA_VERSION:
+            return  # nothing to write (the file may even be read-only)
         # Under the write lock, the version read and the migration agree: two processes
         # opening an old file together migrate it once.
         await db.execute("BEGIN IMMEDIATE")
         try:
-            version = next(iter(await db.execute_fetchall("PRAGMA user_version")))[0]
+            version = await _version(db)
             if version > SCHEMA_VERSION:
                 raise StorageError(
                     f"{self.path} has schema version {version}; this meterware knows "
@@ -167,6 +193,39 @@ class SQLiteStorage(Storage, Transferable):
         self._opened = False
         if db is not None:
             await db.close()
+
+    def _driver_failed(self, exc: Exception) -> None:
+        if "readonly" in str(exc):  # the connection stays read-only: a new one may not be
+            self._reopen = True
+
+    async def _heal(self) -> None:
+        """Open the file again when the connection could not write (permissions restored,
+        disk freed) or the file was replaced: the next operation uses the new connection."""
+        if not self._reopen or self._db is None:
+            return
+        async with self._opening:
+            if not self._reopen:
+                return
+            old, self._db = self._db, None
+            self._opened = False
+            try:
+                await old.close()
+            finally:
+                self._reopen = False
+                await self._open()
+
+    async def check(self) -> None:
+        if self.path == ":memory:" or self._db is None:
+            return
+        found = await asyncio.to_thread(_identity, self.path)
+        if found != self._file:
+            log.error(
+                "%r: the database file was deleted or replaced while in use: opening the "
+                "file now at that path (every process must use the same file)",
+                self,
+            )
+            self._reopen = True
+        await self._heal()
 
     async def schema_version(self) -> int:
         async with self.db.execute("PRAGMA user_version") as cur:
@@ -428,3 +487,26 @@ async def _use_wal(db: aiosqlite.Connection) -> None:
 
 def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
+
+
+async def _version(db: aiosqlite.Connection) -> int:
+    return int(next(iter(await db.execute_fetchall("PRAGMA user_version")))[0])
+
+
+async def _writable(db: aiosqlite.Connection) -> str | None:
+    """None if the connection can take the write lock, else why not."""
+    try:
+        await db.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        return str(exc)
+    await db.execute("ROLLBACK")
+    return None
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The file's (device, inode), None if there is no file."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
