@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
@@ -50,6 +50,45 @@ def _stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: 
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+def _state(pid: int) -> str:
+    """A process's state letter from /proc (`T` when stopped), `X` once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "X"
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def children(pid: int) -> list[int]:
+    """The pids of the processes whose parent is `pid`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # gone meanwhile
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def freeze(pids: Iterable[int]) -> None:
+    """SIGSTOP each process, and wait until every one is stopped (or gone)."""
+    pids = list(pids)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: all(_state(p) in "TtXZ" for p in pids), "SIGSTOP", timeout=5, interval=0.01)
+
+
+def thaw(pids: Iterable[int]) -> None:
+    """SIGCONT each process."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 # -- Redis ------------------------------------------------------------------------------
@@ -86,6 +125,16 @@ class RedisServer:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         wait_for(self.ping, f"redis-server on port {self.port}", timeout=15)
+
+    def pause(self) -> None:
+        """SIGSTOP: the server hangs, its connections open, as on a frozen host."""
+        assert self.process is not None
+        freeze([self.process.pid])
+
+    def resume(self) -> None:
+        """SIGCONT after `pause`: the server answers what it was sent meanwhile."""
+        assert self.process is not None
+        thaw([self.process.pid])
 
     def kill(self) -> None:
         """SIGKILL: the server vanishes, as in a crash."""
@@ -154,6 +203,22 @@ class PostgresServer:
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
 
+    def postmaster(self) -> int:
+        """The postmaster's pid (the first line of postmaster.pid)."""
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
+    def pause(self) -> None:
+        """SIGSTOP the postmaster, then every process it forked (backends, writers): the
+        server hangs with its connections open, as on a frozen host."""
+        postmaster = self.postmaster()
+        freeze([postmaster])  # first: once stopped, it forks no backend after we look
+        freeze(children(postmaster))
+
+    def resume(self) -> None:
+        """SIGCONT to the processes `pause` stopped."""
+        postmaster = self.postmaster()
+        thaw([*children(postmaster), postmaster])
+
     def __enter__(self) -> PostgresServer:
         try:
             self.init()
@@ -202,10 +267,12 @@ class Uvicorn:
         workers: int = 2,
         app_dir: str | None = None,
         target: str = "app:app",
+        python: Sequence[str] = (sys.executable,),
     ):
         self.example = example
         self.app_dir = app_dir or f"examples/{example}"
         self.target = target
+        self.python = list(python)  # the interpreter's command line (another user's, say)
         self.env = env
         self.workers = workers
         self.port = free_port()
@@ -219,7 +286,7 @@ class Uvicorn:
         offset = self.log.stat().st_size if self.log.exists() else 0
         log = self.log.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "--app-dir", self.app_dir,
+            [*self.python, "-m", "uvicorn", "--app-dir", self.app_dir,
              self.target, "--host", "127.0.0.1", "--port", str(self.port),
              "--workers", str(self.workers), "--log-config", str(self.log_config)],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,

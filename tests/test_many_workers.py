@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -88,8 +89,15 @@ def workers_of(server: Uvicorn, path: str, secret_calls: int = 0) -> Counter[str
     return found
 
 
+# The documented bound on how late reported numbers may be: one `flush_interval` (0.5 s
+# by default) for every process to write what it admitted, plus time for that write.
+FLUSH_BOUND = 1.0
+
+
 def usage_from_every_worker(server: Uvicorn, secret: str, workers: int) -> list[dict[str, Any]]:
-    """The quota report of a key, asked on fresh connections until every worker answered."""
+    """The quota report of a key once the flush bound has passed since the last request,
+    asked on fresh connections until every worker answered."""
+    time.sleep(FLUSH_BOUND)
     reports = []
     for _ in range(200):
         answer = httpx.get(server.base + USAGE, headers={"X-API-Key": secret})

@@ -112,6 +112,12 @@ class KeyCache:
             self._known.popitem(last=False)
         return entry
 
+    def forget(self) -> None:
+        """Drop every cached entry (the store was replaced)."""
+        self._known.clear()
+        self._unknown.clear()
+        self._cursor = 0
+
     async def start(self) -> None:
         """Take the store's change cursor, so later polls see only later changes."""
         self._cursor, _ = await self.store.key_changes(0)

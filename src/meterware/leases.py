@@ -300,6 +300,10 @@ class Leases:
         if failed is not None:
             raise failed
 
+    def forget_all(self) -> None:
+        """Drop every lease without returning its units (the store was replaced)."""
+        self._leases = {k: v for k, v in self._leases.items() if v.refill is not None}
+
     def forget(self, counters: Sequence[str]) -> None:
         """Drop these counters' leases (their limits changed), returning unused units in
         the background."""

@@ -265,7 +265,12 @@ class Runtime:
     async def upkeep(self) -> None:
         """Return idle leases, forget those whose window ended; let the store look for
         trouble of its own (a SQLite file replaced, say)."""
-        await self.store.check()
+        if await self.store.check():  # other data now: nothing cached from it holds
+            if self.keys is not None:
+                self.keys.forget()
+            for leases in {self.leases, self.minutes}:
+                leases.forget_all()
+            self._plans.clear()
         now = self.clock()
         for leases in {self.leases, self.minutes}:
             await leases.release_idle(now)

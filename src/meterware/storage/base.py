@@ -96,10 +96,11 @@ class Storage(abc.ABC):
         """Called before each operation: a backend that noted trouble heals here."""
         return None
 
-    async def check(self) -> None:
+    async def check(self) -> bool:
         """Look for trouble a store cannot see from its own operations (the runtime calls
-        this every second or so); say so in the log, and heal what can be healed."""
-        return None
+        this every second or so); say so in the log, and heal what can be healed. True
+        when the store now holds other data than before (what was cached is stale)."""
+        return False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({redact(self.url)!r})"

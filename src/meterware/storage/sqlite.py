@@ -214,18 +214,20 @@ class SQLiteStorage(Storage, Transferable):
                 self._reopen = False
                 await self._open()
 
-    async def check(self) -> None:
+    async def check(self) -> bool:
         if self.path == ":memory:" or self._db is None:
-            return
+            return False
         found = await asyncio.to_thread(_identity, self.path)
-        if found != self._file:
-            log.error(
-                "%r: the database file was deleted or replaced while in use: opening the "
-                "file now at that path (every process must use the same file)",
-                self,
-            )
-            self._reopen = True
+        if found == self._file:
+            return False
+        log.error(
+            "%r: the database file was deleted or replaced while in use: opening the file "
+            "now at that path (every process must use the same file)",
+            self,
+        )
+        self._reopen = True
         await self._heal()
+        return True
 
     async def schema_version(self) -> int:
         async with self.db.execute("PRAGMA user_version") as cur:
