@@ -10,7 +10,15 @@ import pytest
 from starlette.applications import Starlette
 from starlette.routing import Mount, Route
 
-from meterware import Admin, ApiKey, Caller, ConfigurationError, MeterwareMiddleware, SecretHasher
+from meterware import (
+    Account,
+    Admin,
+    ApiKey,
+    Caller,
+    ConfigurationError,
+    MeterwareMiddleware,
+    SecretHasher,
+)
 from meterware.storage.sqlite import SQLiteStorage
 from tests.utils import ROUTES, bearer, new_key, runtime_of, serve, starlette_app
 
@@ -355,7 +363,7 @@ async def test_secrets_issued_before_checksums_keep_working(sqlite_store, clock)
     """A key whose secret has the older shape (32 URL-safe characters, no checksum)
     resolves as before."""
     legacy = "mw_" + "Ab-_" * 8
-    await sqlite_store.ensure_account("acct_1", clock())
+    await sqlite_store.ensure_account(Account("acct_1", clock()))
     key = ApiKey(id="key_legacy", account_id="acct_1", name="old", created_at=clock())
     await sqlite_store.create_key(key, SecretHasher().hash(legacy))
     async with serve(starlette_app(sqlite_store, clock)) as client:

@@ -129,7 +129,11 @@ async def assert_same(source: Storage, dest: Storage, d: Deployment) -> None:
     assert grace is not None and grace.expires_at is not None
     assert grace.expires_at - now == pytest.approx(3600, abs=60)  # still in its grace
 
-    assert await dest.list_accounts() == await source.list_accounts() == ["acct_a", "acct_b"]
+    assert (
+        [a.id for a in await dest.list_accounts()]
+        == [a.id for a in await source.list_accounts()]
+        == ["acct_a", "acct_b"]
+    )
     assert await dest.list_keys() == await source.list_keys()
     assert await dest.labels() == await source.labels()
     snapshot = await export(source)

@@ -1,6 +1,7 @@
-"""Stores written by meterware's schema 1 are migrated on open: lifetime requests and
-last use move from the keys into rollups, monthly counters into windows; nothing a user
-sees changes."""
+"""Stores written by meterware's schema 1 are migrated on open, through schema 2 to 3:
+lifetime requests and last use move from the keys into rollups, monthly counters into
+windows, plans into accounts (where an account's keys agree on one); nothing a user sees
+changes."""
 
 from __future__ import annotations
 
@@ -127,6 +128,7 @@ KEYS = [
     ("key_a", "acct_1", "pro", None, NOW - 60, 120, 40, 400),
     ("key_b", "acct_1", "pro", 23, NOW - 86400 * 40, 9, 0, 0),
     ("key_c", "acct_2", "free", None, None, 0, 0, 0),
+    ("key_d", "acct_2", "scale", None, None, 0, 0, 0),
 ]
 COUNTERS = [
     ("requests:key_a", "2026-04-01", 30),
@@ -187,6 +189,16 @@ async def check_migrated(url: str) -> None:
             "month:key_b": (ANCHORED_END, 4),
             "month:@acct_9": (APRIL_END, 7),
         }
+        # plans: acct_1's keys agreed (its plan now), acct_2's did not (they keep theirs)
+        accounts = {a.id: a.tier for a in await store.list_accounts()}
+        assert accounts == {"acct_1": "pro", "acct_2": "free"}
+        keys = {k.id: (k.tier, k.effective_tier) for k in await store.list_keys()}
+        assert keys == {
+            "key_a": (None, "pro"),
+            "key_b": (None, "pro"),
+            "key_c": ("free", "free"),
+            "key_d": ("scale", "scale"),
+        }
     # and it opens again without migrating twice
     async with storage_from_url(url) as again:
         assert await again.key_totals("key_a") == KeyTotals(120, 40, 400, NOW - 60)
@@ -202,7 +214,7 @@ def frozen_time(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.mark.sqlite
 async def test_sqlite_schema_1_is_migrated(tmp_path: Path) -> None:
-    """A schema-1 SQLite file opens as schema 2 with every number kept."""
+    """A schema-1 SQLite file opens as schema 3 with every number and tier kept."""
     path = tmp_path / "v1.db"
     keys, accounts = _rows()
     with sqlite3.connect(path) as db:
@@ -218,7 +230,7 @@ async def test_sqlite_schema_1_is_migrated(tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 async def test_postgres_schema_1_is_migrated() -> None:
-    """A schema-1 PostgreSQL schema opens as schema 2 with every number kept."""
+    """A schema-1 PostgreSQL schema opens as schema 3 with every number and tier kept."""
     import asyncpg
 
     backend = PostgresBackend(require_postgres())

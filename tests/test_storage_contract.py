@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from meterware.errors import ConfigurationError, StorageError
-from meterware.keys import ApiKey, SecretHasher
+from meterware.keys import Account, ApiKey, SecretHasher
 from meterware.storage import (
     Claim,
     Grant,
@@ -50,7 +50,7 @@ async def add_key(
     store: Storage, key_id: str, account_id: str = "acct_a", secret: str = "", **fields: Any
 ) -> tuple[ApiKey, str]:
     """Create the account if needed and a key in it; the key and its secret."""
-    await store.ensure_account(account_id, NOW)
+    await store.ensure_account(Account(account_id, NOW))
     key = make_key(key_id, account_id, **fields)
     secret = secret or HASHER.new_secret()
     await store.create_key(key, HASHER.hash(secret))
@@ -85,26 +85,26 @@ async def reserve(
 class TestLifecycle:
     async def test_open_is_idempotent(self, store: Storage) -> None:
         """Opening an open store again changes nothing and keeps its data."""
-        await store.ensure_account("acct_a", NOW)
+        await store.ensure_account(Account("acct_a", NOW))
         await store.open()
         assert store.opened
-        assert await store.list_accounts() == ["acct_a"]
+        assert [a.id for a in await store.list_accounts()] == ["acct_a"]
 
     async def test_concurrent_opens_of_one_store(self, backend: Backend) -> None:
         """Several concurrent `open()` calls on one object open it once and all succeed."""
         store = backend.new()
         await asyncio.gather(*(store.open() for _ in range(5)))
         assert store.opened
-        assert await store.ensure_account("acct_a", NOW)
+        assert await store.ensure_account(Account("acct_a", NOW))
 
     async def test_close_is_idempotent_and_reopen_works(self, store: Storage) -> None:
         """Closing twice is harmless, and the same object opens again with its data."""
-        await store.ensure_account("acct_a", NOW)
+        await store.ensure_account(Account("acct_a", NOW))
         await store.close()
         await store.close()
         assert not store.opened
         await store.open()
-        assert await store.list_accounts() == ["acct_a"]
+        assert [a.id for a in await store.list_accounts()] == ["acct_a"]
 
     async def test_async_with_opens_and_closes(self, backend: Backend) -> None:
         """`async with store` opens it and closes it on the way out."""
@@ -139,7 +139,7 @@ class TestDurability:
         second = durable_backend.new()
         await second.open()
         assert await second.schema_version() == SCHEMA_VERSION
-        assert await second.list_accounts() == ["acct_a"]
+        assert [a.id for a in await second.list_accounts()] == ["acct_a"]
         assert await second.find_key(HASHER.hash(secret), NOW) == key.with_changes(
             last_used_at=NOW + 1
         )
@@ -159,8 +159,8 @@ class TestDurability:
         stores = [durable_backend.new() for _ in range(4)]
         await asyncio.gather(*(s.open() for s in stores))
         assert [await s.schema_version() for s in stores] == [SCHEMA_VERSION] * 4
-        assert await stores[0].ensure_account("acct_a", NOW)
-        assert await stores[3].list_accounts() == ["acct_a"]
+        assert await stores[0].ensure_account(Account("acct_a", NOW))
+        assert [a.id for a in await stores[3].list_accounts()] == ["acct_a"]
 
     async def test_newer_schema_is_refused(self, durable_backend: Backend) -> None:
         """A database from a newer meterware is refused with StorageError, not touched."""
@@ -202,16 +202,16 @@ class TestDurability:
 class TestAccounts:
     async def test_ensure_account_creates_once(self, store: Storage) -> None:
         """ensure_account says True when it creates the account and False after."""
-        assert await store.ensure_account("acct_a", NOW)
-        assert not await store.ensure_account("acct_a", NOW + 1)
-        assert await store.list_accounts() == ["acct_a"]
+        assert await store.ensure_account(Account("acct_a", NOW))
+        assert not await store.ensure_account(Account("acct_a", NOW + 1))
+        assert [a.id for a in await store.list_accounts()] == ["acct_a"]
 
     async def test_list_accounts_is_sorted(self, store: Storage) -> None:
         """list_accounts gives every account id, sorted."""
-        assert await store.list_accounts() == []
+        assert [a.id for a in await store.list_accounts()] == []
         for account in ("acct_c", "acct_a", "acct_b"):
-            await store.ensure_account(account, NOW)
-        assert await store.list_accounts() == ["acct_a", "acct_b", "acct_c"]
+            await store.ensure_account(Account(account, NOW))
+        assert [a.id for a in await store.list_accounts()] == ["acct_a", "acct_b", "acct_c"]
 
 
 class TestKeys:
@@ -354,14 +354,93 @@ class TestKeys:
         assert await store.get_key("key_1") == key
 
     async def test_key_tiers(self, store: Storage) -> None:
-        """key_tiers gives the distinct tiers keys are stored with."""
+        """key_tiers gives the distinct tiers stored, of keys and of accounts."""
         assert await store.key_tiers() == set()
+        await store.ensure_account(Account("acct_a", NOW, tier="scale"))
         await add_key(store, "key_1", tier="free")
         await add_key(store, "key_2", tier="pro")
-        await add_key(store, "key_3", tier="pro")
-        assert await store.key_tiers() == {"free", "pro"}
+        await add_key(store, "key_3")
+        assert await store.key_tiers() == {"free", "pro", "scale"}
         await store.update_key("key_1", tier="legacy_gold")
-        assert await store.key_tiers() == {"legacy_gold", "pro"}
+        await store.update_account("acct_a", tier="enterprise")
+        assert await store.key_tiers() == {"legacy_gold", "pro", "enterprise"}
+
+    async def test_a_key_follows_its_account_unless_it_names_a_tier(self, store: Storage) -> None:
+        """A key with no tier of its own reads its account's as effective_tier; a key
+        with one keeps it when the account's plan changes."""
+        await store.ensure_account(Account("acct_a", NOW, tier="pro"))
+        await add_key(store, "key_1")
+        await add_key(store, "key_2", tier="scale")
+        await store.update_account("acct_a", tier="enterprise")
+        one, two = await store.get_key("key_1"), await store.get_key("key_2")
+        assert one is not None and two is not None
+        assert (one.tier, one.effective_tier) == (None, "enterprise")
+        assert (two.tier, two.effective_tier) == ("scale", "scale")
+        found = await store.find_key(HASHER.hash("x"), NOW)
+        assert found is None
+        assert [k.effective_tier for k in await store.list_keys("acct_a")] == [
+            "enterprise",
+            "scale",
+        ]
+        await store.update_key("key_2", tier=None)
+        two = await store.get_key("key_2")
+        assert two is not None and two.effective_tier == "enterprise"
+
+    async def test_live_limit_counts_live_keys_only(self, store: Storage) -> None:
+        """create_key with live_limit refuses (False) once the account has that many live
+        keys; revoked and expired keys do not count."""
+        await add_key(store, "key_1")
+        await add_key(store, "key_2", expires_at=NOW - 1)
+        await add_key(store, "key_3", revoked_at=NOW - 1)
+        key = make_key("key_4")
+        assert await store.create_key(key, HASHER.hash(HASHER.new_secret()), live_limit=2, now=NOW)
+        late = make_key("key_5")
+        assert not await store.create_key(
+            late, HASHER.hash(HASHER.new_secret()), live_limit=2, now=NOW
+        )
+        assert await store.get_key("key_5") is None
+
+
+class TestAccountFields:
+    async def test_account_fields_round_trip(self, store: Storage) -> None:
+        """Every field of an account is stored, read back, listed, and updated."""
+        account = Account("acct_a", NOW, tier="pro", name="Acme", external_id="sub_1",
+                          stripe_customer_id="cus_1")  # fmt: skip
+        assert await store.ensure_account(account)
+        assert await store.get_account("acct_a") == account
+        assert await store.get_account("acct_zz") is None
+        changed = await store.update_account("acct_a", name=None, stripe_customer_id="cus_2")
+        assert changed == account.with_changes(name=None, stripe_customer_id="cus_2")
+        assert await store.list_accounts() == [changed]
+        assert await store.update_account("acct_zz", name="x") is None
+
+    async def test_an_existing_account_is_left_as_it_is(self, store: Storage) -> None:
+        """ensure_account of an id that exists changes nothing, its tier included."""
+        await store.ensure_account(Account("acct_a", NOW, tier="pro"))
+        assert not await store.ensure_account(Account("acct_a", NOW + 5, tier="scale"))
+        assert await store.get_account("acct_a") == Account("acct_a", NOW, tier="pro")
+
+    @pytest.mark.parametrize("field", ["id", "created_at", "version"])
+    async def test_only_updatable_fields(self, store: Storage, field: str) -> None:
+        """update_account of another field raises InvalidValue; a None tier too."""
+        await store.ensure_account(Account("acct_a", NOW))
+        with pytest.raises(ValueError, match=field):
+            await store.update_account("acct_a", **{field: "x"})
+        with pytest.raises(ValueError, match="tier"):
+            await store.update_account("acct_a", tier=None)
+
+    async def test_a_new_plan_is_a_change_of_every_key(self, store: Storage) -> None:
+        """update_account with a tier puts each of the account's keys in key_changes;
+        other fields, and other accounts' keys, do not."""
+        await add_key(store, "key_1")
+        await add_key(store, "key_2")
+        await add_key(store, "key_3", account_id="acct_b")
+        cursor, _ = await store.key_changes(0)
+        await store.update_account("acct_a", name="Acme")
+        assert (await store.key_changes(cursor))[1] == []
+        await store.update_account("acct_a", tier="pro")
+        cursor, changed = await store.key_changes(cursor)
+        assert sorted(changed) == ["key_1", "key_2"]
 
 
 class TestKeyChanges:
@@ -694,8 +773,8 @@ class TestRecord:
 
     async def test_account_rollups_stay_in_their_account(self, store: Storage) -> None:
         """Rollups without a key (key_id "") of two accounts are kept apart, and no totals."""
-        await store.ensure_account("acct_a", NOW)
-        await store.ensure_account("acct_b", NOW)
+        await store.ensure_account(Account("acct_a", NOW))
+        await store.ensure_account(Account("acct_b", NOW))
         await store.record(
             UsageBatch(
                 rollups=[rollup("", calls=2, credits=20), rollup("", account_id="acct_b", calls=5)]
@@ -819,6 +898,23 @@ class TestUsage:
             == []
         )
 
+    async def test_rollups_of_a_key_an_account_or_all(self, ledger: Storage) -> None:
+        """rollups gives the stored rows within the days, of one key, one account or every
+        account, by day, account, key and action."""
+        everything = await ledger.rollups(first_day="2026-04-11", last_day="2026-04-12")
+        assert [(r.day, r.account_id, r.key_id, r.action, r.calls) for r in everything] == [
+            ("2026-04-11", "acct_a", "", "search", 4),
+            ("2026-04-11", "acct_a", "key_1", "image", 1),
+            ("2026-04-11", "acct_a", "key_1", "search", 2),
+            ("2026-04-11", "acct_a", "key_2", "search", 3),
+            ("2026-04-11", "acct_b", "key_3", "search", 7),
+            ("2026-04-12", "acct_a", "key_1", "search", 5),
+        ]
+        assert [r.calls for r in await ledger.rollups(account_id="acct_b")] == [7]
+        assert [r.day for r in await ledger.rollups(key_id="key_2")] == ["2026-04-11", "2026-04-13"]
+        assert await ledger.rollups(account_id="acct_b", key_id="key_1") == []
+        assert len(await ledger.rollups()) == 8
+
     async def test_key_totals(self, ledger: Storage) -> None:
         """key_totals sums a key's calls and credits over all days; unknown keys are zeros."""
         assert await ledger.key_totals("key_1") == KeyTotals(0, 9, 101, None)
@@ -856,7 +952,7 @@ class TestStorageFromUrl:
         assert isinstance(store, SQLiteStorage)
         assert store.path == "data/rel.db"
         async with store:
-            await store.ensure_account("acct_a", NOW)
+            await store.ensure_account(Account("acct_a", NOW))
         assert (tmp_path / "data" / "rel.db").is_file()
 
     async def test_sqlite_absolute_url(self, tmp_path: Path) -> None:
@@ -866,7 +962,7 @@ class TestStorageFromUrl:
         assert isinstance(store, SQLiteStorage)
         assert store.path == str(path)
         async with store:
-            await store.ensure_account("acct_a", NOW)
+            await store.ensure_account(Account("acct_a", NOW))
         assert path.is_file()
 
     @pytest.mark.parametrize("url", ["sqlite://rel.db", "sqlite://", "sqlite:///"])

@@ -1,7 +1,7 @@
 """meterware: API keys, rate limits, monthly quotas, credit metering and a usage
 endpoint for any Starlette or FastAPI service, as one ASGI middleware."""
 
-from meterware.admin import Admin
+from meterware.admin import Admin, UsageLine, UsageReport
 from meterware.clock import Clock
 from meterware.config import DEFAULT_EXEMPT_PATHS
 from meterware.errors import (
@@ -13,7 +13,7 @@ from meterware.errors import (
     StorageError,
     StorageUnavailable,
 )
-from meterware.keys import ApiKey, Caller, KeyResolver, SecretHasher
+from meterware.keys import Account, ApiKey, Caller, KeyResolver, SecretHasher
 from meterware.metering import Cost, cost
 from meterware.middleware import MeterwareMiddleware
 from meterware.responses import error_handlers
@@ -27,6 +27,7 @@ __version__ = "0.1.0"
 __all__ = [
     "DEFAULT_EXEMPT_PATHS",
     "DEFAULT_TIERS",
+    "Account",
     "Admin",
     "ApiKey",
     "Caller",
@@ -46,6 +47,8 @@ __all__ = [
     "Tier",
     "TierTable",
     "UsageApp",
+    "UsageLine",
+    "UsageReport",
     "__version__",
     "cost",
     "error_handlers",

@@ -1,29 +1,41 @@
-"""Operating meterware from code: accounts and keys.
+"""Operating meterware from code: accounts, their plans, keys, and owner-side usage.
 
-`Admin` is the one implementation behind the `meterware` command and any host code that
-manages keys (a signup flow, a dashboard):
+`Admin` is the one implementation behind the `meterware` command, the HTTP admin app
+(`meterware.AdminApp`), the end users' self-serve keys (`meterware.KeysApp`) and any
+host code that manages keys (a signup flow, a billing webhook, a dashboard):
 
 ```python
 async with Admin("sqlite:///meterware.db") as admin:
-    key, secret = await admin.create_key(name="Production Key", account_id="acct_42")
+    account = await admin.create_account(name="Acme", tier="pro")
+    key, secret = await admin.create_key(name="Production Key", account_id=account.id)
+    await admin.set_tier(account.id, "scale")  # the plan changed: every key follows
 ```
+
+Plans belong to accounts: a key is limited by its account's tier unless it names its
+own (`ApiKey.tier`; `effective_tier` is the one in force). A change of plan, limits,
+expiry or name reaches every running process within its `key_refresh`, through the
+change feed revocations use; what was consumed this month stays consumed.
 
 Every method checks its input and raises meterware's own errors: `InvalidValue` for a
 value it cannot take, `NotFound` for an unknown id, `Conflict` for an operation the
-key's state forbids. Secrets are returned only by `create_key` and `rotate_key`.
+stored state forbids. Secrets are returned only by `create_key` and `rotate_key`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from meterware import config
-from meterware.clock import Clock, system_clock
+from meterware.clock import Clock, day_of, month_period, system_clock
 from meterware.errors import Conflict, InvalidValue, NotFound
 from meterware.keys import (
+    DEFAULT_TIER,
     PERMISSIONS,
+    Account,
     ApiKey,
     Caller,
     Permission,
@@ -34,11 +46,69 @@ from meterware.keys import (
 )
 from meterware.reported import QuotaStatus, Subject, quota_status
 from meterware.storage import Storage, storage_from_url
+from meterware.storage.records import Rollup
 from meterware.tiers import TierTable
 
-__all__ = ["Admin"]
+__all__ = ["Admin", "UsageGrouping", "UsageLine", "UsageReport"]
 
 _UNSET: Any = object()
+
+UsageGrouping = Literal["day", "action", "key", "account"]
+GROUPINGS: tuple[UsageGrouping, ...] = ("day", "action", "key", "account")
+MAX_SERIES_DAYS = 3660  # a report's per-day series covers at most ten years
+
+
+@dataclass(frozen=True)
+class UsageLine:
+    """One line of an owner-side usage report: what its group used in the range. The
+    grouping's own field is set (`day`, `action`, `key_id` with its `account_id`, or
+    `account_id`); the others are None."""
+
+    requests: int
+    calls: int
+    credits: int
+    day: str | None = None
+    action: str | None = None
+    account_id: str | None = None
+    key_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "day": self.day,
+            "action": self.action,
+            "account_id": self.account_id,
+            "key_id": self.key_id,
+            "requests": self.requests,
+            "calls": self.calls,
+            "credits": self.credits,
+        }
+
+
+@dataclass(frozen=True)
+class UsageReport:
+    """Usage over a range of UTC days, grouped one way, with its totals and the calls of
+    every day of the range (for a chart)."""
+
+    first_day: str
+    last_day: str
+    by: UsageGrouping
+    lines: list[UsageLine]
+    total: UsageLine
+    daily_calls: list[tuple[str, int]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "from": self.first_day,
+            "to": self.last_day,
+            "by": self.by,
+            "lines": [line.as_dict() for line in self.lines],
+            "total": {
+                "requests": self.total.requests,
+                "calls": self.total.calls,
+                "credits": self.total.credits,
+            },
+            "daily_calls": [{"day": d, "calls": c} for d, c in self.daily_calls],
+        }
 
 
 class Admin:
@@ -89,6 +159,82 @@ class Admin:
         if self._owns_store:
             await self.store.close()
 
+    # -- accounts ----------------------------------------------------------------------
+
+    async def create_account(
+        self,
+        *,
+        account_id: str | None = None,
+        tier: str = DEFAULT_TIER,
+        name: str | None = None,
+        external_id: str | None = None,
+        stripe_customer_id: str | None = None,
+    ) -> Account:
+        """Create an account (a new id unless `account_id` is given) on plan `tier`;
+        `Conflict` if the id or the external id is taken."""
+        account = Account(
+            id=_id(account_id, "account") if account_id is not None else new_account_id(),
+            created_at=self.clock(), tier=tier, name=name, external_id=external_id,
+            stripe_customer_id=stripe_customer_id,
+        )  # fmt: skip
+        self._check_account(account)
+        await self._external_id_free(external_id, account.id)
+        if not await self.store.ensure_account(account):
+            raise Conflict(f"account {account.id} exists")
+        return account
+
+    async def get_account(self, account_id: str) -> Account:
+        """The account with this id."""
+        account = await self.store.get_account(_id(account_id, "account"))
+        if account is None:
+            raise NotFound(f"no account {account_id!r}")
+        return account
+
+    async def list_accounts(self) -> list[Account]:
+        """Every account, by id."""
+        return await self.store.list_accounts()
+
+    async def update_account(
+        self,
+        account_id: str,
+        *,
+        tier: str = _UNSET,
+        name: str | None = _UNSET,
+        external_id: str | None = _UNSET,
+        stripe_customer_id: str | None = _UNSET,
+    ) -> Account:
+        """Change an account's plan, name, external id or Stripe customer (None clears
+        the last three). A new plan reaches running processes within `key_refresh`."""
+        given = {
+            "tier": tier,
+            "name": name,
+            "external_id": external_id,
+            "stripe_customer_id": stripe_customer_id,
+        }
+        changes = {k: v for k, v in given.items() if v is not _UNSET}
+        account = await self.get_account(account_id)
+        self._check_account(account.with_changes(**changes))
+        if changes.get("external_id") is not None:
+            await self._external_id_free(changes["external_id"], account.id)
+        if not changes:
+            return account
+        updated = await self.store.update_account(account.id, **changes)
+        if updated is None:
+            raise NotFound(f"no account {account_id!r}")
+        return updated
+
+    async def set_tier(self, account_id: str, tier: str) -> Account:
+        """Move an account to another plan (its keys that name no tier of their own
+        follow)."""
+        return await self.update_account(account_id, tier=tier)
+
+    async def _external_id_free(self, external_id: str | None, account_id: str) -> None:
+        if external_id is None:
+            return
+        for other in await self.store.list_accounts():
+            if other.external_id == external_id and other.id != account_id:
+                raise Conflict(f"external id {external_id!r} belongs to account {other.id}")
+
     # -- keys ------------------------------------------------------------------------
 
     async def create_key(
@@ -96,7 +242,7 @@ class Admin:
         *,
         name: str,
         account_id: str | None = None,
-        tier: str = "free",
+        tier: str | None = None,
         permission: Permission = "full_access",
         website_id: str | None = None,
         expires_at: float | None = None,
@@ -104,8 +250,16 @@ class Admin:
         monthly_limit: int | None = None,
         monthly_credits: int | None = None,
         billing_anchor_day: int | None = None,
+        live_limit: int | None = None,
     ) -> tuple[ApiKey, str]:
-        """Create a key (and its account if new); the key and its secret, shown once."""
+        """Create a key; the key and its secret, shown once.
+
+        Without `account_id`, or with an id no account has yet, the account is created
+        too, on plan `tier` (default `free`), and the key follows its plan. For an
+        existing account, `tier` is the key's own (None: follow the account's).
+        `live_limit` refuses (`Conflict`) when the account already has that many live
+        keys.
+        """
         now = self.clock()
         key = ApiKey(
             id=new_key_id(), account_id=account_id or new_account_id(), name=name, tier=tier,
@@ -114,10 +268,14 @@ class Admin:
             monthly_credits=monthly_credits, billing_anchor_day=billing_anchor_day,
         )  # fmt: skip
         self._check(key)
-        await self.store.ensure_account(key.account_id, now)
+        account = Account(key.account_id, now, tier=tier or DEFAULT_TIER)
+        if await self.store.ensure_account(account):
+            key = key.with_changes(tier=None)  # the new account's plan is the key's
         secret = self.hasher.new_secret()
-        await self.store.create_key(key, self.hasher.hash(secret))
-        return key, secret
+        hashed = self.hasher.hash(secret)
+        if not await self.store.create_key(key, hashed, live_limit=live_limit, now=now):
+            raise Conflict(f"account {key.account_id} has {live_limit} live keys already")
+        return await self.get_key(key.id), secret
 
     async def get_key(self, key_id: str) -> ApiKey:
         """The key with this id (revoked and expired ones included)."""
@@ -128,9 +286,9 @@ class Admin:
 
     async def list_keys(self, account_id: str | None = None) -> list[ApiKey]:
         """Keys of one account, or all keys, in order of creation (never their secrets)."""
-        return await self.store.list_keys(
-            None if account_id is None else _id(account_id, "account")
-        )
+        if account_id is None:
+            return await self.store.list_keys()
+        return await self.store.list_keys((await self.get_account(account_id)).id)
 
     async def key_status(self, key_id: str) -> QuotaStatus:
         """A key's monthly numbers as the usage endpoint reports them: requests and credits
@@ -149,14 +307,15 @@ class Admin:
         key_id: str,
         *,
         name: str = _UNSET,
-        tier: str = _UNSET,
+        tier: str | None = _UNSET,
         per_minute: int | None = _UNSET,
         monthly_limit: int | None = _UNSET,
         monthly_credits: int | None = _UNSET,
         expires_at: float | None = _UNSET,
     ) -> ApiKey:
-        """Change a key's name, tier, limit overrides (None: the tier's) or expiry (None:
-        never). Running processes see the change within their `key_refresh`."""
+        """Change a key's name, own tier (None: follow its account's), limit overrides
+        (None: the tier's) or expiry (None: never). Running processes see the change
+        within their `key_refresh`."""
         given = {
             "name": name,
             "tier": tier,
@@ -185,8 +344,8 @@ class Admin:
 
     async def rotate_key(self, key_id: str, *, grace: float = 0.0) -> tuple[ApiKey, str]:
         """Give a key a new secret; the old one keeps working for `grace` seconds."""
-        if not grace >= 0:
-            raise InvalidValue("grace must be >= 0 seconds")
+        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
+            raise InvalidValue("grace must be a number of seconds >= 0")
         key = await self.get_key(key_id)
         now = self.clock()
         if not key.active(now):
@@ -195,11 +354,63 @@ class Admin:
         await self.store.add_secret(key.id, self.hasher.hash(secret), retire_old_at=now + grace)
         return key, secret
 
+    # -- owner-side usage --------------------------------------------------------------
+
+    async def usage(
+        self,
+        *,
+        account_id: str | None = None,
+        key_id: str | None = None,
+        first_day: str | date | None = None,
+        last_day: str | date | None = None,
+        by: UsageGrouping = "day",
+    ) -> UsageReport:
+        """Usage by day, action, key or account over any range of UTC days (inclusive),
+        of one key, one account or every account. The range defaults to this calendar
+        month so far."""
+        if by not in GROUPINGS:
+            raise InvalidValue(f"by must be one of {', '.join(GROUPINGS)}")
+        today = day_of(self.clock())
+        last = _day(last_day, "to") if last_day is not None else today
+        if first_day is not None:
+            first = _day(first_day, "from")
+        else:
+            first = day_of(month_period(self.clock(), 1).start) if last_day is None else last
+        if first > last:
+            raise InvalidValue(f"the range starts ({first}) after it ends ({last})")
+        if key_id is not None:
+            key = await self.get_key(key_id)
+            if account_id is not None and _id(account_id, "account") != key.account_id:
+                raise NotFound(f"no key {key_id!r} in account {account_id!r}")
+            account_id = key.account_id
+        elif account_id is not None:
+            account_id = (await self.get_account(account_id)).id
+        rollups = await self.store.rollups(
+            account_id=account_id,
+            key_id=key_id,
+            first_day=first.isoformat(),
+            last_day=last.isoformat(),
+        )
+        return _report(rollups, first, last, by)
+
+    def _check_account(self, account: Account) -> None:
+        _id(account.id, "account")
+        if not self.tiers.knows(account.tier):
+            raise InvalidValue(
+                f"unknown tier {account.tier!r} (known: {', '.join(self.tiers.names())})"
+            )
+        if account.name is not None and not 1 <= len(account.name.strip()) <= 200:
+            raise InvalidValue("an account's name must be 1-200 characters")
+        for what in ("external_id", "stripe_customer_id"):
+            value = getattr(account, what)
+            if value is not None:
+                _id(value, what.replace("_", " "))
+
     def _check(self, key: ApiKey) -> None:
         if not key.name.strip() or len(key.name) > 200:
             raise InvalidValue("a key's name must be 1-200 characters")
         _id(key.account_id, "account")
-        if not self.tiers.knows(key.tier):
+        if key.tier is not None and not self.tiers.knows(key.tier):
             raise InvalidValue(
                 f"unknown tier {key.tier!r} (known: {', '.join(self.tiers.names())})"
             )
@@ -228,3 +439,51 @@ def _id(value: str, what: str) -> str:
             f"{value!r} is not a valid {what} id (1-128 characters of A-Za-z0-9_.:-)"
         )
     return value
+
+
+def _day(value: str | date, what: str) -> date:
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(value)
+    except (TypeError, ValueError):
+        raise InvalidValue(f"{what}: {value!r} is not a day (YYYY-MM-DD)") from None
+
+
+def _report(rollups: list[Rollup], first: date, last: date, by: UsageGrouping) -> UsageReport:
+    """Sum rollups into a report's lines (in the grouping's order) and daily calls."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    daily: dict[str, int] = {}
+    for r in rollups:
+        group = {
+            "day": (r.day,),
+            "action": (r.action,),
+            "key": (r.account_id, r.key_id),
+            "account": (r.account_id,),
+        }[by]
+        sums = groups.setdefault(group, [0, 0, 0])
+        sums[0] += r.requests
+        sums[1] += r.calls
+        sums[2] += r.credits
+        daily[r.day] = daily.get(r.day, 0) + r.calls
+    lines = []
+    for group, (requests, calls, credits) in sorted(groups.items()):
+        fields: dict[str, str] = {
+            "day": {"day": group[0]},
+            "action": {"action": group[0]},
+            "key": {"account_id": group[0], "key_id": group[-1]},
+            "account": {"account_id": group[0]},
+        }[by]
+        lines.append(UsageLine(requests, calls, credits, **fields))
+    total = UsageLine(
+        sum(line.requests for line in lines),
+        sum(line.calls for line in lines),
+        sum(line.credits for line in lines),
+    )
+    start, end = first, last
+    if (end - start).days >= MAX_SERIES_DAYS:  # a long range: from its first day with data
+        start = date.fromisoformat(min(daily)) if daily else end
+        start = max(start, end - timedelta(days=MAX_SERIES_DAYS - 1))
+    days = ((start + timedelta(days=i)).isoformat() for i in range((end - start).days + 1))
+    series = [(day, daily.get(day, 0)) for day in days]
+    return UsageReport(first.isoformat(), last.isoformat(), by, lines, total, series)

@@ -23,6 +23,8 @@ from typing import Literal
 from meterware.errors import ConfigurationError
 
 __all__ = [
+    "DEFAULT_TIER",
+    "Account",
     "ApiKey",
     "Caller",
     "KeyExtractor",
@@ -114,10 +116,36 @@ class SecretHasher:
         return mac.hexdigest()
 
 
+DEFAULT_TIER = "free"
+
+
+@dataclass(frozen=True)
+class Account:
+    """A customer: the keys it owns share its plan (`tier`) unless a key names its own.
+
+    `name` is for people; `external_id` is the account's id in the host's own systems
+    (a billing system's subscription, say); `stripe_customer_id` maps it to a Stripe
+    customer for usage export.
+    """
+
+    id: str
+    created_at: float = 0.0
+    tier: str = DEFAULT_TIER
+    name: str | None = None
+    external_id: str | None = None
+    stripe_customer_id: str | None = None
+
+    def with_changes(self, **changes: object) -> Account:
+        """A copy with some fields replaced."""
+        return replace(self, **changes)  # type: ignore[arg-type]
+
+
 @dataclass(frozen=True)
 class ApiKey:
     """A key as storage keeps it. Times are epoch seconds (UTC); `None` means never/unset.
 
+    `tier` is the key's own tier, `None` when it follows its account's plan
+    (`account_tier`, read with the key): `effective_tier` is the one it is limited by.
     `per_minute`, `monthly_limit` and `monthly_credits` override the tier's limits for
     this key; `billing_anchor_day` moves its monthly reset from the 1st to that day.
     """
@@ -125,7 +153,7 @@ class ApiKey:
     id: str
     account_id: str
     name: str
-    tier: str = "free"
+    tier: str | None = None
     permission: Permission = "full_access"
     website_id: str | None = None
     created_at: float = 0.0
@@ -136,6 +164,12 @@ class ApiKey:
     monthly_limit: int | None = None
     monthly_credits: int | None = None
     billing_anchor_day: int | None = None
+    account_tier: str = DEFAULT_TIER
+
+    @property
+    def effective_tier(self) -> str:
+        """The tier the key is limited by: its own, else its account's."""
+        return self.tier if self.tier is not None else self.account_tier
 
     def active(self, now: float) -> bool:
         """Whether the key may be used at `now` (neither revoked nor expired)."""
@@ -159,7 +193,7 @@ class Caller:
     account_id: str
     key_id: str | None
     name: str
-    tier: str = "free"
+    tier: str = DEFAULT_TIER
     permission: Permission = "full_access"
     website_id: str | None = None
     per_minute: int | None = None
@@ -175,7 +209,7 @@ class Caller:
             account_id=key.account_id,
             key_id=key.id,
             name=key.name,
-            tier=key.tier,
+            tier=key.effective_tier,
             permission=key.permission,
             website_id=key.website_id,
             per_minute=key.per_minute,

@@ -1,20 +1,25 @@
-"""The `meterware` command: manage API keys, show the tiers, copy one store into another.
+"""The `meterware` command: manage accounts and API keys, read usage, show the tiers, copy
+one store into another.
 
 ```
 meterware keys create --name NAME [--account ID] [--tier TIER] [--permission P] ...
 meterware keys list [--account ID]
 meterware keys show ID
+meterware keys update ID [--name N] [--tier T|none] [--per-minute N|none] ...
 meterware keys revoke ID
 meterware keys rotate ID [--grace SECONDS]
+meterware accounts create|list|show ID|set-tier ID TIER|update ID ...
+meterware usage [--account ID | --key ID] [--from DAY] [--to DAY] [--by B] [--csv]
 meterware tiers
 meterware copy SOURCE_URL DEST_URL [--merge]
 ```
 
-Every `keys` command takes `--storage URL` (default `$METERWARE_STORAGE`, else
+Every command on a store takes `--storage URL` (default `$METERWARE_STORAGE`, else
 `sqlite:///meterware.db`), `--key-prefix` and `--json`; `copy` takes `--merge` and
 `--json`. Secrets are hashed with `$METERWARE_PEPPER`, as the middleware hashes them,
-and printed only by `create` and `rotate`. A failure is one line on stderr: exit status
-1, or 2 for a bad command line.
+and printed only by `create` and `rotate`. A failure is one line on stderr, and the exit
+status says which: 2 a bad command line, 3 an invalid value, 4 no such account or key,
+5 a conflict with what is stored (a revoked key, an id taken), 1 anything else.
 
 The commands are thin: they parse, call `meterware.Admin` (or the storage transfer),
 and print. Each module of this package adds its commands with `register`.
@@ -29,10 +34,10 @@ import time
 from typing import Any
 
 from meterware.admin import Admin
-from meterware.cli import copy, keys, tiers
+from meterware.cli import accounts, copy, keys, tiers, usage
 from meterware.cli.args import Parser, UsageError, store_options
 from meterware.cli.output import fail
-from meterware.errors import MeterwareError
+from meterware.errors import InvalidValue, MeterwareError
 
 __all__ = ["main"]
 
@@ -46,11 +51,15 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc), 2)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
-    except (MeterwareError, ValueError, OSError, ImportError) as exc:
+    except MeterwareError as exc:
+        return fail(f"meterware: error: {exc or type(exc).__name__}", exc.exit_status)
+    except ValueError as exc:  # a value the command itself refused
+        return fail(f"meterware: error: {exc}", InvalidValue.exit_status)
+    except (OSError, ImportError) as exc:
         return fail(f"meterware: error: {exc or type(exc).__name__}", 1)
     except KeyboardInterrupt:
         return fail("meterware: interrupted", 130)
-    print(json.dumps(data, indent=2) if args.json else text)
+    print(json.dumps(data, indent=2) if args.json and not getattr(args, "csv", False) else text)
     return 0
 
 
@@ -67,9 +76,11 @@ async def _run(args: argparse.Namespace) -> tuple[Any, str]:
 def parser() -> argparse.ArgumentParser:
     """The whole command line."""
     common = store_options()
-    top = Parser(prog="meterware", description="Manage meterware API keys.")
+    top = Parser(prog="meterware", description="Manage meterware accounts and API keys.")
     commands = top.add_subparsers(title="commands", metavar="COMMAND", required=True)
     keys.register(commands, common)
+    accounts.register(commands, common)
+    usage.register(commands, common)
     tiers.register(commands, common)
     copy.register(commands)
     return top

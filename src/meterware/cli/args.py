@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
+from datetime import date
 from typing import Any, NoReturn
 
 from meterware import config
@@ -57,8 +58,30 @@ def _id(text: str) -> str:
 
 
 count_arg = number(int, 0, 2**62, "an integer >= 0")
+
+
+def _or_none(convert: Callable[[str], Any], word: str) -> Callable[[str], Any]:
+    """An argparse `type` that also takes `word` (kept as the string)."""
+    return lambda text: word if text.lower() == word else convert(text)
+
+
+def _tier(text: str) -> str:
+    return TierTable.from_env().check(text)
+
+
+def _day(text: str) -> str:
+    date.fromisoformat(text)  # ValueError for anything but YYYY-MM-DD
+    return text
+
+
+limit_arg = checked(_or_none(count_arg, "none"), "limit")
+days_arg = checked(
+    _or_none(number(float, 0.001, 100 * 366, "a number of days > 0"), "never"), "days"
+)
+tier_or_none_arg = checked(_or_none(_tier, "none"), "tier")
+day_arg = checked(_day, "day")
 id_arg = checked(_id, "id")
-tier_arg = checked(lambda text: TierTable.from_env().check(text), "tier")
+tier_arg = checked(_tier, "tier")
 prefix_arg = checked(lambda text: SecretHasher(prefix=text).prefix, "key prefix")
 
 

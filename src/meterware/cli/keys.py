@@ -1,4 +1,4 @@
-"""`meterware keys`: create, list, show, revoke and rotate API keys."""
+"""`meterware keys`: create, list, show, update, revoke and rotate API keys."""
 
 from __future__ import annotations
 
@@ -6,19 +6,21 @@ import argparse
 from typing import Any
 
 from meterware.admin import Admin
-from meterware.cli.args import DAY, count_arg, id_arg, number, tier_arg
-from meterware.cli.output import (
-    ONCE,
-    count,
-    key_json,
-    key_rows,
-    pairs,
-    short,
-    status,
-    table,
+from meterware.cli.args import (
+    DAY,
+    count_arg,
+    days_arg,
+    id_arg,
+    limit_arg,
+    number,
+    tier_arg,
+    tier_or_none_arg,
 )
+from meterware.cli.output import ONCE, count, key_rows, pairs, short, table
 from meterware.clock import isoformat_ms
+from meterware.errors import Conflict
 from meterware.keys import PERMISSIONS
+from meterware.views import key_json, key_status
 
 Output = tuple[Any, str]  # (what --json prints, what people read)
 
@@ -46,6 +48,20 @@ async def _list(args: argparse.Namespace, admin: Admin, now: float) -> Output:
     rows = [[c.upper() for c in (*columns, "status")]]
     rows += [[dict(key_rows(k, now))[c] for c in (*columns, "status")] for k in keys]
     return [key_json(k, now) for k in keys], table(rows) if keys else "No keys."
+
+
+async def _update(args: argparse.Namespace, admin: Admin, now: float) -> Output:
+    changes: dict[str, Any] = {}
+    for option in ("name", "tier", "per_minute", "monthly_limit", "monthly_credits"):
+        value = getattr(args, option)
+        if value is not None:
+            changes[option] = None if value == "none" else value
+    if args.expires_in is not None:
+        changes["expires_at"] = None if args.expires_in == "never" else now + args.expires_in * DAY
+    if not changes:
+        raise ValueError("nothing to change: give --name, --tier, a limit or --expires-in")
+    key = await admin.update_key(args.id, **changes)
+    return key_json(key, now), pairs(key_rows(key, now))
 
 
 async def _show(args: argparse.Namespace, admin: Admin, now: float) -> Output:
@@ -78,7 +94,7 @@ async def _revoke(args: argparse.Namespace, admin: Admin, now: float) -> Output:
 async def _rotate(args: argparse.Namespace, admin: Admin, now: float) -> Output:
     key = await admin.get_key(args.id)
     if not key.active(now):
-        raise ValueError(f"key {key.id} is {status(key, now)}: create a new key instead")
+        raise Conflict(f"key {key.id} is {key_status(key, now)}: create a new key instead")
     key, secret = await admin.rotate_key(key.id, grace=args.grace)
     old_until = isoformat_ms(now + args.grace)
     data = {**key_json(key, now), "key": secret, "previous_secret_expires_at": old_until}
@@ -106,7 +122,12 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     create = command("create", _create, "create a key and print its secret once")
     create.add_argument("--name", required=True, help="what the key is for")
     create.add_argument("--account", type=id_arg, help="account id (default: a new account)")
-    create.add_argument("--tier", type=tier_arg, default="free", help="tier (default: free)")
+    create.add_argument(
+        "--tier",
+        type=tier_arg,
+        help="a new account's plan, or the key's own tier in an existing account "
+        "(default: free for a new account, else the account's)",
+    )
     create.add_argument("--permission", choices=PERMISSIONS, default="full_access")
     create.add_argument("--website-id", help="the one website of a site_access key")
     create.add_argument("--per-minute", type=count_arg, metavar="N", help="override the tier's")
@@ -125,6 +146,20 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
         type=number(float, 0.001, 100 * 366, "a number of days > 0"),
         metavar="DAYS",
         help="expire after this many days (default: never)",
+    )
+
+    update = command("update", _update, "change a key's name, tier, limits or expiry")
+    update.add_argument("id", type=id_arg)
+    update.add_argument("--name", help="a new name")
+    update.add_argument(
+        "--tier", type=tier_or_none_arg, help="the key's own tier, or none to follow its account"
+    )
+    for option in ("--per-minute", "--monthly-limit", "--monthly-credits"):
+        update.add_argument(
+            option, type=limit_arg, metavar="N|none", help="override the tier's (none: the tier's)"
+        )
+    update.add_argument(
+        "--expires-in", type=days_arg, metavar="DAYS|never", help="expire DAYS from now, or never"
     )
 
     listing = command("list", _list, "list keys (never their secrets)")

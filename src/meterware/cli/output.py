@@ -4,44 +4,13 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
 
-from meterware.clock import isoformat_ms
-from meterware.keys import ApiKey
+from meterware.keys import Account, ApiKey
+from meterware.views import key_status, overrides
+
+__all__ = ["account_rows", "count", "fail", "key_rows", "pairs", "short", "table"]
 
 ONCE = "Store the secret now: it will not be shown again."
-
-
-def status(key: ApiKey, now: float) -> str:
-    if key.active(now):
-        return "active"
-    return "revoked" if key.revoked_at is not None and key.revoked_at <= now else "expired"
-
-
-def key_json(key: ApiKey, now: float) -> dict[str, Any]:
-    return {
-        "id": key.id,
-        "name": key.name,
-        "account": key.account_id,
-        "tier": key.tier,
-        "permission": key.permission,
-        "website_id": key.website_id,
-        "status": status(key, now),
-        "created_at": iso(key.created_at),
-        "expires_at": iso(key.expires_at),
-        "revoked_at": iso(key.revoked_at),
-        "last_used_at": iso(key.last_used_at),
-        "overrides": overrides(key),
-    }
-
-
-def overrides(key: ApiKey) -> dict[str, int | None]:
-    return {
-        "per_minute": key.per_minute,
-        "monthly_limit": key.monthly_limit,
-        "monthly_credits": key.monthly_credits,
-        "billing_anchor_day": key.billing_anchor_day,
-    }
 
 
 def key_rows(key: ApiKey, now: float) -> list[tuple[str, str]]:
@@ -50,10 +19,10 @@ def key_rows(key: ApiKey, now: float) -> list[tuple[str, str]]:
         ("id", key.id),
         ("name", key.name),
         ("account", key.account_id),
-        ("tier", key.tier),
+        ("tier", key.effective_tier + (" (the account's)" if key.tier is None else " (own)")),
         ("permission", key.permission),
         ("website", key.website_id or "-"),
-        ("status", status(key, now)),
+        ("status", key_status(key, now)),
         ("created", short(key.created_at)),
         ("expires", short(key.expires_at)),
         ("last used", short(key.last_used_at)),
@@ -61,8 +30,16 @@ def key_rows(key: ApiKey, now: float) -> list[tuple[str, str]]:
     ]
 
 
-def iso(ts: float | None) -> str | None:
-    return None if ts is None else isoformat_ms(ts)
+def account_rows(account: Account, keys: int) -> list[tuple[str, str]]:
+    return [
+        ("id", account.id),
+        ("name", account.name or "-"),
+        ("tier", account.tier),
+        ("external id", account.external_id or "-"),
+        ("stripe customer", account.stripe_customer_id or "-"),
+        ("created", short(account.created_at)),
+        ("keys", str(keys)),
+    ]
 
 
 def short(ts: float | None) -> str:

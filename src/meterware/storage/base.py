@@ -25,14 +25,29 @@ from types import TracebackType
 from typing import Any, ClassVar, TypeVar
 
 from meterware.errors import InvalidValue, StorageError, StorageUnavailable
-from meterware.keys import ApiKey
-from meterware.storage.records import Claim, Grant, KeyTotals, Snapshot, UsageBatch, UsageRow
+from meterware.keys import Account, ApiKey
+from meterware.storage.records import (
+    Claim,
+    Grant,
+    KeyTotals,
+    Rollup,
+    Snapshot,
+    UsageBatch,
+    UsageRow,
+)
 
 _F = TypeVar("_F", bound=Callable[..., Coroutine[Any, Any, Any]])
 
-__all__ = ["Storage", "Transferable", "check_updatable", "redact", "retiring"]
+__all__ = [
+    "Storage",
+    "Transferable",
+    "check_account_updatable",
+    "check_updatable",
+    "redact",
+    "retiring",
+]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 FIRST_DAY, LAST_DAY = "0000-01-01", "9999-12-31"  # bounds of every UTC day
 
@@ -43,11 +58,25 @@ UPDATABLE_KEY_FIELDS = frozenset({
 """The `ApiKey` fields `update_key` may change; any other name is an `InvalidValue`."""
 
 
+UPDATABLE_ACCOUNT_FIELDS = frozenset({"tier", "name", "external_id", "stripe_customer_id"})
+"""The `Account` fields `update_account` may change."""
+
+
 def check_updatable(changes: dict[str, Any]) -> None:
     """`InvalidValue` if `changes` names a field `update_key` may not change."""
     unknown = set(changes) - UPDATABLE_KEY_FIELDS
     if unknown:
         raise InvalidValue(f"cannot update {sorted(unknown)}")
+
+
+def check_account_updatable(changes: dict[str, Any]) -> None:
+    """`InvalidValue` if `changes` names a field `update_account` may not change, or
+    sets the tier to None (an account always has a plan)."""
+    unknown = set(changes) - UPDATABLE_ACCOUNT_FIELDS
+    if unknown:
+        raise InvalidValue(f"cannot update {sorted(unknown)}")
+    if "tier" in changes and changes["tier"] is None:
+        raise InvalidValue("an account's tier cannot be None")
 
 
 class Storage(abc.ABC):
@@ -134,16 +163,36 @@ class Storage(abc.ABC):
     # -- accounts and keys -----------------------------------------------------------
 
     @abc.abstractmethod
-    async def ensure_account(self, account_id: str, now: float) -> bool:
-        """Create the account unless it exists; whether it was created."""
+    async def ensure_account(self, account: Account) -> bool:
+        """Create the account unless it exists (an existing one is left as it is);
+        whether it was created."""
 
     @abc.abstractmethod
-    async def list_accounts(self) -> list[str]:
-        """Every account id, sorted."""
+    async def get_account(self, account_id: str) -> Account | None:
+        """The account with this id."""
 
     @abc.abstractmethod
-    async def create_key(self, key: ApiKey, secret_hash: str) -> None:
-        """Store a new key (its account must exist) under the hash of its secret."""
+    async def list_accounts(self) -> list[Account]:
+        """Every account, sorted by id."""
+
+    @abc.abstractmethod
+    async def update_account(self, account_id: str, **changes: Any) -> Account | None:
+        """Change an account's stored fields; the new account, `None` if there is none.
+
+        A change of tier is a change of every key of the account: they appear in
+        `key_changes`, so running processes pick up the new plan with the next poll.
+        `InvalidValue` for a field outside `UPDATABLE_ACCOUNT_FIELDS`.
+        """
+
+    @abc.abstractmethod
+    async def create_key(
+        self, key: ApiKey, secret_hash: str, *, live_limit: int | None = None, now: float = 0.0
+    ) -> bool:
+        """Store a new key (its account must exist) under the hash of its secret.
+
+        With `live_limit`, only if its account has fewer live keys (neither revoked nor
+        expired at `now`), checked in the same transaction: False when it has that many.
+        """
 
     @abc.abstractmethod
     async def get_key(self, key_id: str) -> ApiKey | None:
@@ -181,7 +230,7 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def key_tiers(self) -> set[str]:
-        """The distinct tier names keys are stored with."""
+        """The distinct tier names stored, of keys (their own) and accounts."""
 
     # -- counters --------------------------------------------------------------------
 
@@ -236,6 +285,18 @@ class Storage(abc.ABC):
     async def requests_since(self, subjects: Sequence[tuple[str, str | None, str]]) -> list[int]:
         """For each `(account_id, key_id, first_day)`, the requests admitted from that day
         on (`key_id` None: every key of the account), in one round trip."""
+
+    @abc.abstractmethod
+    async def rollups(
+        self,
+        *,
+        account_id: str | None = None,
+        key_id: str | None = None,
+        first_day: str = FIRST_DAY,
+        last_day: str = LAST_DAY,
+    ) -> list[Rollup]:
+        """The stored rollups between two days inclusive, of one key, one account, or
+        every account (`None` for both), ordered by day, account, key and action."""
 
     @abc.abstractmethod
     async def labels(self) -> dict[str, str]:

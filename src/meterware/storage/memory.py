@@ -8,13 +8,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from meterware.errors import StorageError
-from meterware.keys import ApiKey
+from meterware.keys import DEFAULT_TIER, Account, ApiKey
 from meterware.storage.base import (
     FIRST_DAY,
     LAST_DAY,
     SCHEMA_VERSION,
     Storage,
     Transferable,
+    check_account_updatable,
     check_updatable,
     retiring,
 )
@@ -36,7 +37,7 @@ class MemoryStorage(Storage, Transferable):
 
     def __init__(self, url: str = "memory://", **options: Any) -> None:
         super().__init__(url)
-        self._accounts: dict[str, float] = {}
+        self._accounts: dict[str, Account] = {}
         self._keys: dict[str, ApiKey] = {}
         self._versions: dict[str, int] = {}
         self._seq = 0
@@ -54,35 +55,57 @@ class MemoryStorage(Storage, Transferable):
     async def schema_version(self) -> int:
         return SCHEMA_VERSION
 
-    async def ensure_account(self, account_id: str, now: float) -> bool:
-        if account_id in self._accounts:
+    async def ensure_account(self, account: Account) -> bool:
+        if account.id in self._accounts:
             return False
-        self._accounts[account_id] = now
+        self._accounts[account.id] = account
         return True
 
-    async def list_accounts(self) -> list[str]:
-        return sorted(self._accounts)
+    async def get_account(self, account_id: str) -> Account | None:
+        return self._accounts.get(account_id)
+
+    async def list_accounts(self) -> list[Account]:
+        return [self._accounts[a] for a in sorted(self._accounts)]
+
+    async def update_account(self, account_id: str, **changes: Any) -> Account | None:
+        check_account_updatable(changes)
+        account = self._accounts.get(account_id)
+        if account is None:
+            return None
+        account = self._accounts[account_id] = account.with_changes(**changes)
+        if "tier" in changes:
+            for key in self._keys.values():
+                if key.account_id == account_id:
+                    self._bump(key.id)
+        return account
 
     def _bump(self, key_id: str) -> None:
         self._seq += 1
         self._versions[key_id] = self._seq
 
-    async def create_key(self, key: ApiKey, secret_hash: str) -> None:
+    async def create_key(
+        self, key: ApiKey, secret_hash: str, *, live_limit: int | None = None, now: float = 0.0
+    ) -> bool:
         # StorageError, as the SQL backends raise for the same constraint violations.
         if key.account_id not in self._accounts:
             raise StorageError(f"{self!r}: no account {key.account_id!r}")
         if key.id in self._keys or secret_hash in self._secrets:
             raise StorageError(f"{self!r}: key {key.id!r} or its secret exists")
-        self._keys[key.id] = key
+        if live_limit is not None:
+            mine = [k for k in self._keys.values() if k.account_id == key.account_id]
+            if sum(1 for k in mine if k.active(now)) >= live_limit:
+                return False
+        self._keys[key.id] = key.with_changes(last_used_at=None, account_tier=DEFAULT_TIER)
         self._secrets[secret_hash] = (key.id, None)
         self._bump(key.id)
+        return True
 
     async def get_key(self, key_id: str) -> ApiKey | None:
         key = self._keys.get(key_id)
         if key is None:
             return None
         last = (await self.totals(account_id=key.account_id, key_id=key_id)).last_used_at
-        return key if last is None else key.with_changes(last_used_at=last)
+        return key.with_changes(last_used_at=last, account_tier=self._accounts[key.account_id].tier)
 
     async def find_key(self, secret_hash: str, now: float) -> ApiKey | None:
         found = self._secrets.get(secret_hash)
@@ -118,7 +141,8 @@ class MemoryStorage(Storage, Transferable):
         return self._seq, [k for k, v in self._versions.items() if v > since]
 
     async def key_tiers(self) -> set[str]:
-        return {key.tier for key in self._keys.values()}
+        own = {key.tier for key in self._keys.values() if key.tier is not None}
+        return own | {account.tier for account in self._accounts.values()}
 
     async def reserve(self, claims: Sequence[Claim], now: float) -> list[Grant]:
         return await self._counters.reserve(claims, now)
@@ -176,6 +200,23 @@ class MemoryStorage(Storage, Transferable):
             sum(r.requests for r in self._rows(account_id, key_id, first_day, LAST_DAY))
             for account_id, key_id, first_day in subjects
         ]
+
+    async def rollups(
+        self,
+        *,
+        account_id: str | None = None,
+        key_id: str | None = None,
+        first_day: str = FIRST_DAY,
+        last_day: str = LAST_DAY,
+    ) -> list[Rollup]:
+        rows = [
+            dataclasses.replace(r)
+            for (aid, kid, _, day), r in self._daily.items()
+            if (account_id is None or aid == account_id)
+            and (key_id is None or kid == key_id)
+            and first_day <= day <= last_day
+        ]
+        return sorted(rows, key=lambda r: (r.day, r.account_id, r.key_id, r.action))
 
     async def labels(self) -> dict[str, str]:
         return dict(self._labels)

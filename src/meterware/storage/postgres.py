@@ -20,13 +20,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from meterware.errors import ConfigurationError, StorageError
-from meterware.keys import ApiKey
+from meterware.keys import Account, ApiKey
 from meterware.storage.base import (
     FIRST_DAY,
     LAST_DAY,
     SCHEMA_VERSION,
     Storage,
     Transferable,
+    check_account_updatable,
     check_updatable,
     redact,
     retiring,
@@ -41,7 +42,15 @@ from meterware.storage.records import (
     UsageBatch,
     UsageRow,
 )
-from meterware.storage.sql import V1Key, dump_queries, key_values, snapshot_of, v1_to_v2
+from meterware.storage.sql import (
+    ACCOUNT_COLUMNS,
+    V1Key,
+    dump_queries,
+    key_values,
+    snapshot_of,
+    v1_to_v2,
+    v2_to_v3,
+)
 
 __all__ = ["PostgresStorage"]
 
@@ -156,6 +165,9 @@ class PostgresStorage(Storage, Transferable):
                     await conn.execute(statement.format(s=s))
                 if step == 2:
                     await self._move_v1_rows(conn)
+                if step == 3:
+                    for statement in v2_to_v3(f"{s}."):
+                        await conn.execute(statement)
             if version < SCHEMA_VERSION:
                 await conn.execute(
                     f"INSERT INTO {s}.meta (name, value) VALUES ('schema_version', $1) "
@@ -194,20 +206,45 @@ class PostgresStorage(Storage, Transferable):
 
     # -- accounts and keys -----------------------------------------------------------
 
-    async def ensure_account(self, account_id: str, now: float) -> bool:
-        status = await self.pool.execute(self._q.ensure_account, account_id, now)
+    async def ensure_account(self, account: Account) -> bool:
+        values = (getattr(account, c) for c in ACCOUNT_COLUMNS)
+        status = await self.pool.execute(self._q.ensure_account, *values)
         return bool(status == "INSERT 0 1")
 
-    async def list_accounts(self) -> list[str]:
-        rows = await self.pool.fetch(f"SELECT id FROM {self._q.s}.accounts ORDER BY id")
-        return [str(r[0]) for r in rows]
+    async def get_account(self, account_id: str) -> Account | None:
+        row = await self.pool.fetchrow(self._q.get_account, account_id)
+        return None if row is None else Account(*row)
 
-    async def create_key(self, key: ApiKey, secret_hash: str) -> None:
+    async def list_accounts(self) -> list[Account]:
+        return [Account(*r) for r in await self.pool.fetch(self._q.list_accounts)]
+
+    async def update_account(self, account_id: str, **changes: Any) -> Account | None:
+        check_account_updatable(changes)
+        if changes:
+            sets = ", ".join(f"{name} = ${i}" for i, name in enumerate(changes, start=2))
+            async with self.pool.acquire() as conn, conn.transaction():
+                status = await conn.execute(
+                    self._q.update_account.format(sets=sets), account_id, *changes.values()
+                )
+                if status != "UPDATE 0" and "tier" in changes:
+                    version = await conn.fetchval(self._q.next_version)
+                    await conn.execute(self._q.account_keys_version, account_id, version)
+        return await self.get_account(account_id)
+
+    async def create_key(
+        self, key: ApiKey, secret_hash: str, *, live_limit: int | None = None, now: float = 0.0
+    ) -> bool:
         q = self._q
         async with self.pool.acquire() as conn, conn.transaction():
+            if live_limit is not None:
+                # The account's row lock queues creations of its keys: the count holds.
+                await conn.execute(q.lock_account, key.account_id)
+                if await conn.fetchval(q.live_keys, key.account_id, now) >= live_limit:
+                    return False
             version = await conn.fetchval(q.next_version)
             await conn.execute(q.insert_key, *key_values(key), version)
             await conn.execute(q.insert_secret, secret_hash, key.id)
+        return True
 
     async def get_key(self, key_id: str) -> ApiKey | None:
         row = await self.pool.fetchrow(self._q.get_key, key_id)
@@ -259,8 +296,7 @@ class PostgresStorage(Storage, Transferable):
         return cursor, [str(key_id) for key_id in row[1]]
 
     async def key_tiers(self) -> set[str]:
-        rows = await self.pool.fetch(f"SELECT DISTINCT tier FROM {self._q.s}.keys")
-        return {str(r[0]) for r in rows}
+        return {str(r[0]) for r in await self.pool.fetch(self._q.key_tiers)}
 
     # -- counters --------------------------------------------------------------------
 
@@ -338,6 +374,17 @@ class PostgresStorage(Storage, Transferable):
         accounts, keys, days = zip(*subjects, strict=True)
         rows = await self.pool.fetch(self._q.requests_since, accounts, keys, days)
         return [int(r[0]) for r in rows]
+
+    async def rollups(
+        self,
+        *,
+        account_id: str | None = None,
+        key_id: str | None = None,
+        first_day: str = FIRST_DAY,
+        last_day: str = LAST_DAY,
+    ) -> list[Rollup]:
+        rows = await self.pool.fetch(self._q.rollups, first_day, last_day, account_id, key_id)
+        return [Rollup(*r) for r in rows]
 
     async def labels(self) -> dict[str, str]:
         rows = await self.pool.fetch(f"SELECT action, label FROM {self._q.s}.actions")

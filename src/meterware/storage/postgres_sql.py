@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from meterware.storage.sql import STORED_KEY_COLUMNS, key_select
+from meterware.storage.sql import ACCOUNT_COLUMNS, LIVE_KEYS, STORED_KEY_COLUMNS, key_select
 
 # `{s}` is the quoted schema name; everything else is a parameter.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -71,6 +71,13 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
             cap BIGINT NOT NULL DEFAULT 0
         )""",
     ),
+    # Step 3: plans move to accounts; `sql.v2_to_v3` runs after these statements.
+    3: (
+        "ALTER TABLE {s}.accounts ADD COLUMN tier TEXT NOT NULL DEFAULT 'free', "
+        "ADD COLUMN name TEXT, ADD COLUMN external_id TEXT, ADD COLUMN stripe_customer_id TEXT",
+        "CREATE UNIQUE INDEX accounts_by_external_id ON {s}.accounts (external_id)",
+        "ALTER TABLE {s}.keys ALTER COLUMN tier DROP NOT NULL",
+    ),
 }
 
 V1_KEYS = "SELECT id, account_id, billing_anchor_day, total_requests, last_used_at FROM {s}.keys"
@@ -101,8 +108,25 @@ class Queries:
         stored = ", ".join(STORED_KEY_COLUMNS)
         places = ", ".join(f"${i}" for i in range(1, len(STORED_KEY_COLUMNS) + 2))
         self.next_version = NEXT_VERSION.format(s=s)
+        accounts = ", ".join(ACCOUNT_COLUMNS)
         self.ensure_account = (
-            f"INSERT INTO {s}.accounts (id, created_at) VALUES ($1, $2) ON CONFLICT (id) DO NOTHING"
+            f"INSERT INTO {s}.accounts ({accounts}) VALUES ($1, $2, $3, $4, $5, $6) "
+            "ON CONFLICT (id) DO NOTHING"
+        )
+        self.get_account = f"SELECT {accounts} FROM {s}.accounts WHERE id = $1"
+        self.list_accounts = f"SELECT {accounts} FROM {s}.accounts ORDER BY id"
+        self.update_account = f"UPDATE {s}.accounts SET {{sets}} WHERE id = $1"
+        self.lock_account = f"SELECT 1 FROM {s}.accounts WHERE id = $1 FOR UPDATE"
+        self.live_keys = LIVE_KEYS.format(p=f"{s}.", a="$1", n="$2")
+        self.account_keys_version = f"UPDATE {s}.keys SET version = $2 WHERE account_id = $1"
+        self.key_tiers = (
+            f"SELECT tier FROM {s}.keys WHERE tier IS NOT NULL UNION SELECT tier FROM {s}.accounts"
+        )
+        self.rollups = (
+            "SELECT account_id, key_id, action, day, calls, credits, requests, last_used_at "
+            f"FROM {s}.usage_daily WHERE day BETWEEN $1 AND $2 "
+            "AND ($3::text IS NULL OR account_id = $3) AND ($4::text IS NULL OR key_id = $4) "
+            "ORDER BY day, account_id, key_id, action"
         )
         self.insert_key = f"INSERT INTO {s}.keys ({stored}, version) VALUES ({places})"
         self.insert_secret = (

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from meterware.keys import ApiKey
+from meterware.keys import Account, ApiKey
 
 __all__ = ["Claim", "Grant", "KeyTotals", "Rollup", "Snapshot", "UsageBatch", "UsageRow"]
 
@@ -102,7 +102,7 @@ class Snapshot:
     A key's totals and last use are not stored apart: they are sums over its rollups.
     """
 
-    accounts: dict[str, float] = field(default_factory=dict)
+    accounts: dict[str, Account] = field(default_factory=dict)
     keys: dict[str, ApiKey] = field(default_factory=dict)
     """Every stored field; `last_used_at` is None here (it lives in the rollups)."""
     secrets: dict[str, tuple[str, float | None]] = field(default_factory=dict)

@@ -1,5 +1,5 @@
-"""What the SQL backends share: a key's columns, reading a whole store, and the step from
-schema 1 to schema 2."""
+"""What the SQL backends share: a key's columns, reading a whole store, and the steps from
+schema 1 to schema 2 and from 2 to 3."""
 
 from __future__ import annotations
 
@@ -9,38 +9,52 @@ from datetime import date, timedelta
 from typing import Any
 
 from meterware.clock import day_of, midnight, month_period
-from meterware.keys import ApiKey
+from meterware.keys import Account, ApiKey
 from meterware.storage.records import Rollup, Snapshot
 
 __all__ = [
+    "ACCOUNT_COLUMNS",
     "KEY_COLUMNS",
+    "LIVE_KEYS",
     "STORED_KEY_COLUMNS",
     "dump_queries",
     "key_select",
     "key_values",
     "snapshot_of",
     "v1_to_v2",
+    "v2_to_v3",
 ]
 
 KEY_COLUMNS = (
     "id", "account_id", "name", "tier", "permission", "website_id", "created_at",
     "last_used_at", "expires_at", "revoked_at", "per_minute", "monthly_limit",
-    "monthly_credits", "billing_anchor_day",
+    "monthly_credits", "billing_anchor_day", "account_tier",
 )  # fmt: skip
 """An `ApiKey`'s fields in order: `ApiKey(*row)` for a row of `key_select`."""
 
-STORED_KEY_COLUMNS = tuple(c for c in KEY_COLUMNS if c != "last_used_at")
-"""The columns of the `keys` table: a key's last use is read from its rollups."""
+STORED_KEY_COLUMNS = tuple(c for c in KEY_COLUMNS if c not in ("last_used_at", "account_tier"))
+"""The columns of the `keys` table: a key's last use is read from its rollups, its
+account's tier from the account."""
+
+LIVE_KEYS = (
+    "SELECT count(*) FROM {p}keys WHERE account_id = {a} "
+    "AND (revoked_at IS NULL OR revoked_at > {n}) AND (expires_at IS NULL OR expires_at > {n})"
+)
+"""How many live keys an account has (format: prefix, account and time parameters)."""
+
+ACCOUNT_COLUMNS = ("id", "created_at", "tier", "name", "external_id", "stripe_customer_id")
+"""An `Account`'s fields in order: `Account(*row)` for a row of these columns."""
 
 
 def key_select(prefix: str = "", alias: str = "k") -> str:
     """The select list of an `ApiKey` from `keys` (as `alias`), its last use summed from
     its rollups; `prefix` goes before table names (`""`, `"schema".`)."""
-    last_use = (
-        f"(SELECT max(u.last_used_at) FROM {prefix}usage_daily u "
-        f"WHERE u.account_id = {alias}.account_id AND u.key_id = {alias}.id)"
-    )
-    return ", ".join(last_use if c == "last_used_at" else f"{alias}.{c}" for c in KEY_COLUMNS)
+    read = {
+        "last_used_at": f"(SELECT max(u.last_used_at) FROM {prefix}usage_daily u "
+        f"WHERE u.account_id = {alias}.account_id AND u.key_id = {alias}.id)",
+        "account_tier": f"(SELECT a.tier FROM {prefix}accounts a WHERE a.id = {alias}.account_id)",
+    }
+    return ", ".join(read.get(c, f"{alias}.{c}") for c in KEY_COLUMNS)
 
 
 def key_values(key: ApiKey) -> tuple[Any, ...]:
@@ -52,7 +66,7 @@ def dump_queries(prefix: str) -> dict[str, str]:
     """One SELECT per table; `prefix` is put before each table name (`""`, `"schema".`)."""
     rollup_columns = "account_id, key_id, action, day, calls, credits, requests, last_used_at"
     return {
-        "accounts": f"SELECT id, created_at FROM {prefix}accounts",
+        "accounts": f"SELECT {', '.join(ACCOUNT_COLUMNS)} FROM {prefix}accounts",
         "keys": f"SELECT {', '.join(STORED_KEY_COLUMNS)} FROM {prefix}keys",
         "secrets": f"SELECT hash, key_id, expires_at FROM {prefix}key_secrets",
         "counters": f"SELECT counter, window_end, count FROM {prefix}windows",
@@ -64,7 +78,7 @@ def dump_queries(prefix: str) -> dict[str, str]:
 def snapshot_of(tables: dict[str, list[Sequence[Any]]]) -> Snapshot:
     """A `Snapshot` from the rows of `dump_queries`."""
     snap = Snapshot()
-    snap.accounts = {str(r[0]): float(r[1]) for r in tables["accounts"]}
+    snap.accounts = {str(r[0]): Account(*r) for r in tables["accounts"]}
     for row in tables["keys"]:
         key = ApiKey(**dict(zip(STORED_KEY_COLUMNS, row, strict=True)))
         snap.keys[key.id] = key
@@ -142,3 +156,26 @@ def _before(account_id: str, key_id: str, day: date, requests: int, last: float 
     rollup = Rollup(account_id, key_id, "", day.isoformat(), 0, 0)
     rollup.requests, rollup.last_used_at = requests, last
     return rollup
+
+
+# -- schema 2 -> 3 -----------------------------------------------------------------------
+
+
+def v2_to_v3(prefix: str) -> tuple[str, str]:
+    """Plans move to accounts: an account whose keys all have one tier gets it, and its
+    keys follow the account from then on (their own tier becomes NULL); the keys of an
+    account whose keys disagree keep their own tiers. Run in this order, after the
+    account's `tier` column exists and the key's may be NULL; `prefix` as for
+    `dump_queries`.
+
+    (Each statement names the updated table bare inside its subquery: that is the row
+    being updated, in SQLite and PostgreSQL alike. Within one UPDATE, a key whose tier
+    is set to NULL leaves the count of distinct tiers of its account at 1.)
+    """
+    agreed = "(SELECT count(DISTINCT k.tier) FROM {p}keys k WHERE k.account_id = {t}) = 1"
+    return (
+        f"UPDATE {prefix}accounts SET tier = (SELECT min(k.tier) FROM {prefix}keys k "
+        f"WHERE k.account_id = accounts.id) "
+        f"WHERE {agreed.format(p=prefix, t='accounts.id')}",
+        f"UPDATE {prefix}keys SET tier = NULL WHERE {agreed.format(p=prefix, t='keys.account_id')}",
+    )

@@ -20,13 +20,14 @@ from typing import Any
 import aiosqlite
 
 from meterware.errors import ConfigurationError, StorageError
-from meterware.keys import ApiKey
+from meterware.keys import Account, ApiKey
 from meterware.storage.base import (
     FIRST_DAY,
     LAST_DAY,
     SCHEMA_VERSION,
     Storage,
     Transferable,
+    check_account_updatable,
     check_updatable,
     retiring,
 )
@@ -34,11 +35,14 @@ from meterware.storage.records import (
     Claim,
     Grant,
     KeyTotals,
+    Rollup,
     Snapshot,
     UsageBatch,
     UsageRow,
 )
 from meterware.storage.sql import (
+    ACCOUNT_COLUMNS,
+    LIVE_KEYS,
     STORED_KEY_COLUMNS,
     V1Key,
     dump_queries,
@@ -46,12 +50,15 @@ from meterware.storage.sql import (
     key_values,
     snapshot_of,
     v1_to_v2,
+    v2_to_v3,
 )
 from meterware.storage.sqlite_sql import (
     ADD_ROLLUPS,
     CHUNK,
     DROP_V1,
     FROM_V1,
+    FROM_V2_ACCOUNTS,
+    FROM_V2_KEYS,
     RELEASE,
     REQUESTS_SINCE,
     RESERVE,
@@ -163,11 +170,13 @@ class SQLiteStorage(Storage, Transferable):
                     f"{self.path} has schema version {version}; this meterware knows "
                     f"{SCHEMA_VERSION}: upgrade meterware"
                 )
-            if version == 1:
-                await self._from_v1(db)
-            elif version == 0:
+            if version == 0:
                 for statement in [*_statements(SCHEMA), WINDOWS]:
                     await db.execute(statement)
+            if version == 1:
+                await self._from_v1(db)
+            if version in (1, 2):
+                await self._from_v2(db)
             await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             await db.execute("COMMIT")
         except BaseException:
@@ -186,6 +195,12 @@ class SQLiteStorage(Storage, Transferable):
             "INSERT INTO windows (counter, window_end, count) VALUES (?, ?, ?)", windows
         )
         for statement in DROP_V1:
+            await db.execute(statement)
+
+    async def _from_v2(self, db: aiosqlite.Connection) -> None:
+        """Schema 2 to 3: plans move to accounts (see `sql.v2_to_v3`)."""
+        tiers, keys_follow = v2_to_v3("")
+        for statement in (*FROM_V2_ACCOUNTS, tiers, *FROM_V2_KEYS, keys_follow):
             await db.execute(statement)
 
     async def close(self) -> None:
@@ -249,18 +264,50 @@ class SQLiteStorage(Storage, Transferable):
 
     # -- accounts and keys -----------------------------------------------------------
 
-    async def ensure_account(self, account_id: str, now: float) -> bool:
+    async def ensure_account(self, account: Account) -> bool:
         async with self._write:
             cur = await self.db.execute(
-                "INSERT OR IGNORE INTO accounts (id, created_at) VALUES (?, ?)", (account_id, now)
+                f"INSERT OR IGNORE INTO accounts ({', '.join(ACCOUNT_COLUMNS)}) "
+                f"VALUES ({', '.join('?' * len(ACCOUNT_COLUMNS))})",
+                tuple(getattr(account, c) for c in ACCOUNT_COLUMNS),
             )
             return cur.rowcount == 1
 
-    async def list_accounts(self) -> list[str]:
-        return [r[0] for r in await self._all("SELECT id FROM accounts ORDER BY id")]
+    async def get_account(self, account_id: str) -> Account | None:
+        row = await self._one(
+            f"SELECT {', '.join(ACCOUNT_COLUMNS)} FROM accounts WHERE id = ?", (account_id,)
+        )
+        return None if row is None else Account(*row)
 
-    async def create_key(self, key: ApiKey, secret_hash: str) -> None:
+    async def list_accounts(self) -> list[Account]:
+        rows = await self._all(f"SELECT {', '.join(ACCOUNT_COLUMNS)} FROM accounts ORDER BY id")
+        return [Account(*r) for r in rows]
+
+    async def update_account(self, account_id: str, **changes: Any) -> Account | None:
+        check_account_updatable(changes)
+        if changes:
+            async with self._write, self._transaction():
+                sets = ", ".join(f"{name} = ?" for name in changes)
+                cur = await self.db.execute(
+                    f"UPDATE accounts SET {sets} WHERE id = ?", (*changes.values(), account_id)
+                )
+                if cur.rowcount and "tier" in changes:
+                    version = await self._next_version()
+                    await self.db.execute(
+                        "UPDATE keys SET version = ? WHERE account_id = ?", (version, account_id)
+                    )
+        return await self.get_account(account_id)
+
+    async def create_key(
+        self, key: ApiKey, secret_hash: str, *, live_limit: int | None = None, now: float = 0.0
+    ) -> bool:
         async with self._write, self._transaction():
+            if live_limit is not None:
+                (live,) = await self._one(
+                    LIVE_KEYS.format(p="", a="?1", n="?2"), (key.account_id, now)
+                )
+                if live >= live_limit:
+                    return False
             version = await self._next_version()
             await self.db.execute(
                 f"INSERT INTO keys ({', '.join(STORED_KEY_COLUMNS)}, version) "
@@ -271,6 +318,7 @@ class SQLiteStorage(Storage, Transferable):
                 "INSERT INTO key_secrets (hash, key_id, expires_at) VALUES (?, ?, NULL)",
                 (secret_hash, key.id),
             )
+        return True
 
     async def get_key(self, key_id: str) -> ApiKey | None:
         row = await self._one(f"SELECT {key_select()} FROM keys k WHERE k.id = ?", (key_id,))
@@ -331,7 +379,10 @@ class SQLiteStorage(Storage, Transferable):
         return cursor, [r[0] for r in rows]
 
     async def key_tiers(self) -> set[str]:
-        return {r[0] for r in await self._all("SELECT DISTINCT tier FROM keys")}
+        rows = await self._all(
+            "SELECT tier FROM keys WHERE tier IS NOT NULL UNION SELECT tier FROM accounts"
+        )
+        return {r[0] for r in rows}
 
     # -- counters --------------------------------------------------------------------
 
@@ -415,6 +466,23 @@ class SQLiteStorage(Storage, Transferable):
             return []
         rows = await self._all(REQUESTS_SINCE, (json.dumps(list(subjects)),))
         return [int(r[0]) for r in rows]
+
+    async def rollups(
+        self,
+        *,
+        account_id: str | None = None,
+        key_id: str | None = None,
+        first_day: str = FIRST_DAY,
+        last_day: str = LAST_DAY,
+    ) -> list[Rollup]:
+        rows = await self._all(
+            "SELECT account_id, key_id, action, day, calls, credits, requests, last_used_at "
+            "FROM usage_daily WHERE day BETWEEN ?1 AND ?2 "
+            "AND (?3 IS NULL OR account_id = ?3) AND (?4 IS NULL OR key_id = ?4) "
+            "ORDER BY day, account_id, key_id, action",
+            (first_day, last_day, account_id, key_id),
+        )
+        return [Rollup(*r) for r in rows]
 
     async def labels(self) -> dict[str, str]:
         return {r[0]: r[1] for r in await self._all("SELECT action, label FROM actions")}

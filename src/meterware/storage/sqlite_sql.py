@@ -9,12 +9,20 @@ from meterware.storage.records import Claim, Rollup
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL);
-CREATE TABLE IF NOT EXISTS accounts (id TEXT PRIMARY KEY, created_at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS accounts (
+    id TEXT PRIMARY KEY,
+    created_at REAL NOT NULL,
+    tier TEXT NOT NULL DEFAULT 'free',
+    name TEXT,
+    external_id TEXT,
+    stripe_customer_id TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS accounts_by_external_id ON accounts(external_id);
 CREATE TABLE IF NOT EXISTS keys (
     id TEXT PRIMARY KEY,
     account_id TEXT NOT NULL REFERENCES accounts(id),
     name TEXT NOT NULL,
-    tier TEXT NOT NULL,
+    tier TEXT,
     permission TEXT NOT NULL,
     website_id TEXT,
     created_at REAL NOT NULL,
@@ -49,7 +57,7 @@ CREATE INDEX IF NOT EXISTS usage_by_account ON usage_daily(account_id, day);
 CREATE TABLE IF NOT EXISTS actions (action TEXT PRIMARY KEY, label TEXT NOT NULL);
 INSERT OR IGNORE INTO meta (name, value) VALUES ('key_seq', 0);
 """
-"""Schema 2, created whole on a new file."""
+"""Schema 3, created whole on a new file."""
 
 WINDOWS = """
 CREATE TABLE IF NOT EXISTS windows (
@@ -69,6 +77,22 @@ FROM_V1 = (
     "ALTER TABLE usage_daily ADD COLUMN last_used_at REAL",
 )
 """Schema 1 to 2, before its rows move (see `sql.v1_to_v2`)."""
+
+FROM_V2_ACCOUNTS = (
+    "ALTER TABLE accounts ADD COLUMN tier TEXT NOT NULL DEFAULT 'free'",
+    "ALTER TABLE accounts ADD COLUMN name TEXT",
+    "ALTER TABLE accounts ADD COLUMN external_id TEXT",
+    "ALTER TABLE accounts ADD COLUMN stripe_customer_id TEXT",
+    "CREATE UNIQUE INDEX accounts_by_external_id ON accounts(external_id)",
+)
+# SQLite cannot drop a NOT NULL: the key's tier moves to a new column that may be NULL.
+FROM_V2_KEYS = (
+    "ALTER TABLE keys ADD COLUMN own_tier TEXT",
+    "UPDATE keys SET own_tier = tier",
+    "ALTER TABLE keys DROP COLUMN tier",
+    "ALTER TABLE keys RENAME COLUMN own_tier TO tier",
+)
+"""Schema 2 to 3, around `sql.v2_to_v3` (accounts first, then keys, then its statements)."""
 
 V1_KEYS = "SELECT id, account_id, billing_anchor_day, total_requests, last_used_at FROM keys"
 V1_COUNTERS = "SELECT subject, period, count FROM counters"

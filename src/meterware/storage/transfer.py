@@ -4,7 +4,8 @@ Every backend can be read whole (the `Transferable` capability: `dump()` gives a
 `Snapshot`). `copy` writes a snapshot into any destination through the storage contract
 only:
 
-- `ensure_account(id, created_at)` for each account (its creation time is kept);
+- `ensure_account(account)` for each account (every field kept: creation time, plan,
+  names);
 - `create_key` with the key's *oldest-ending* secret, then `add_secret` for the others in
   order of their end, each with `retire_old_at` = the end of the secret added before it.
   `add_secret` lowers the other secrets' ends to `min(end, retire_old_at)`, so this order
@@ -22,7 +23,7 @@ Rules:
 
 - The destination must be empty (no account, key, secret, counter, rollup or label):
   copying twice would double every count. With `merge=True` the destination may hold
-  data: the source's accounts are added (an existing account keeps its creation time),
+  data: the source's accounts are added (an existing account keeps its fields),
   its keys and secrets are added and must not exist there yet (a conflict refuses the
   whole copy before anything is written), and its counters and rollups are *added* to
   the destination's. Labels the destination already has are kept. This is
@@ -159,8 +160,8 @@ async def _write(
     plans: dict[str, list[tuple[str, float | None]]],
     now: float,
 ) -> None:
-    for account_id, created_at in sorted(src.accounts.items()):
-        await dest.ensure_account(account_id, created_at)
+    for _, account in sorted(src.accounts.items()):
+        await dest.ensure_account(account)
     for key in sorted(src.keys.values(), key=lambda k: (k.created_at, k.id)):
         (first, end), *others = plans[key.id]
         await dest.create_key(key, first)
