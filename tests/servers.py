@@ -2,7 +2,8 @@
 uvicorn running an example app with several workers.
 
 Each can be stopped and started again on the same port and data, to play an outage or a
-restart. Every wait is bounded; every process is stopped by its own pid.
+restart; Redis and PostgreSQL can also be paused (SIGSTOP) and resumed, to play a frozen
+host. Every wait is bounded; every process is stopped by its own pid.
 """
 
 from __future__ import annotations

@@ -111,6 +111,7 @@ class SQLiteStorage(Storage, Transferable):
         self.busy_timeout = float(options.get("busy_timeout", 1.0))
         self._file: tuple[int, int] | None = None  # (device, inode) of the file opened
         self._reopen = False  # the connection cannot write: open it again before using it
+        self._unwritable = False  # the last open found the file could not be written
         self._db: aiosqlite.Connection | None = None
         self._write = asyncio.Lock()
         self._opening = asyncio.Lock()
@@ -150,12 +151,14 @@ class SQLiteStorage(Storage, Transferable):
         self._opened = True
         self._file = _identity(self.path)
         if writable is not None:
-            log.warning(
-                "%r cannot be written (%s): what needs a write gets 503 until it can; "
-                "meterware opens it again then",
-                self, writable,
-            )  # fmt: skip
+            if not self._unwritable:  # once per spell, not at each reopen
+                log.warning(
+                    "%r cannot be written (%s): what needs a write gets 503 until it can; "
+                    "meterware opens it again then",
+                    self, writable,
+                )  # fmt: skip
             self._reopen = True
+        self._unwritable = writable is not None
 
     async def _migrate(self, db: aiosqlite.Connection) -> None:
         if await _version(db) == SCHEMA_VERSION:
@@ -564,12 +567,18 @@ async def _version(db: aiosqlite.Connection) -> int:
 
 
 async def _writable(db: aiosqlite.Connection) -> str | None:
-    """None if the connection can take the write lock, else why not."""
+    """None if the connection can write, else why not. (In WAL mode a read-only file
+    still grants the write lock: only a write says.)"""
     try:
         await db.execute("BEGIN IMMEDIATE")
     except sqlite3.Error as exc:
         return str(exc)
-    await db.execute("ROLLBACK")
+    try:
+        await db.execute("UPDATE meta SET value = value WHERE name = 'key_seq'")
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        await db.execute("ROLLBACK")
     return None
 
 
