@@ -1,11 +1,12 @@
-"""Reference A's API on FastAPI: three metered exports, a free upload, and the credits
-report at `GET /api/v1/usage`.
+"""Reference A's API on FastAPI: three metered exports, a free upload, the credits report
+at `GET /api/v1/usage`, and self-serve keys at `/api/v1/keys`.
 
     uvicorn --app-dir examples/fastapi_app app:app      # serve it
     python examples/fastapi_app/app.py                  # create a demo key, then serve it
 
 Storage comes from `METERWARE_STORAGE` (default `sqlite:///meterware.db`), the per-minute
-limits from `METERWARE_RATE_LIMIT_STORAGE` (default: in process).
+limits from `METERWARE_RATE_LIMIT_STORAGE` (default: in process). With
+`METERWARE_ADMIN_TOKEN` set, the admin API is served at `/admin`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ import os
 
 from fastapi import Depends, FastAPI
 
-from meterware import Caller, MeterwareMiddleware, cost, error_handlers, get_caller
+from meterware import (
+    AdminApp,
+    Caller,
+    KeysApp,
+    MeterwareMiddleware,
+    cost,
+    error_handlers,
+    get_caller,
+)
 
 # Every error this API sends is in reference A's envelope, {"error": "..."}: meterware's
 # refusals, and the app's own (unknown paths and methods, bad parameters, crashes).
@@ -22,6 +31,9 @@ app = FastAPI(
     title="Design export API (meterware example)", exception_handlers=error_handlers("flat")
 )
 app.add_middleware(MeterwareMiddleware, usage_path="/api/v1/usage", usage_format="credits")
+app.mount("/api/v1/keys", KeysApp())  # end users manage their own keys, with a key
+if os.environ.get("METERWARE_ADMIN_TOKEN"):
+    app.mount("/admin", AdminApp())  # the operator's API, behind the admin token
 
 
 @app.post("/api/v1/image-to-html")
@@ -59,21 +71,16 @@ async def health() -> dict[str, str]:
 
 def main() -> None:  # pragma: no cover - the quickstart's demo
     import asyncio
-    import time
 
     import uvicorn
 
-    from meterware import SecretHasher, storage_from_url
-    from meterware.keys import create_key
+    from meterware import Admin
 
     url = os.environ.get("METERWARE_STORAGE", "sqlite:///meterware.db")
 
     async def demo_key() -> str:
-        async with storage_from_url(url) as store:
-            hasher = SecretHasher(pepper=os.environ.get("METERWARE_PEPPER"))
-            _, secret = await create_key(
-                store, hasher, name="Demo Key", account_id="demo", tier="pro", now=time.time()
-            )
+        async with Admin(url) as admin:
+            _, secret = await admin.create_key(name="Demo Key", account_id="demo", tier="pro")
             return secret
 
     secret = asyncio.run(demo_key())

@@ -1,23 +1,26 @@
-"""Reference B's API on Starlette: websites and their stats, and the quota status at
-`GET /api/external/v1/usage`.
+"""Reference B's API on Starlette: websites and their stats, the quota status at
+`GET /api/external/v1/usage`, and self-serve keys at `/api/external/v1/keys`.
 
     uvicorn --app-dir examples/starlette_app app:app
 
 Storage comes from `METERWARE_STORAGE` (default `sqlite:///meterware.db`), the per-minute
 limits from `METERWARE_RATE_LIMIT_STORAGE` (default: in process). Create keys with the
-`meterware keys create` command.
+`meterware keys create` command. With `METERWARE_ADMIN_TOKEN` set, the admin API is
+served at `/admin`.
 """
 
 from __future__ import annotations
+
+import os
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Mount, Route
 
-from meterware import MeterwareMiddleware, error_handlers, get_caller
+from meterware import AdminApp, KeysApp, MeterwareMiddleware, error_handlers, get_caller
 
 WEBSITES = {
     "site_1": {"id": "site_1", "domain": "example.com"},
@@ -42,12 +45,17 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": "ok"})
 
 
+routes: list[BaseRoute] = [
+    Route("/api/external/v1/websites", websites),
+    Route("/api/external/v1/websites/{website_id}/stats", website_stats),
+    Mount("/api/external/v1/keys", KeysApp()),  # end users manage their own keys
+    Route("/health", health),
+]
+if os.environ.get("METERWARE_ADMIN_TOKEN"):
+    routes.append(Mount("/admin", AdminApp()))  # the operator's API, behind the admin token
+
 app = Starlette(
-    routes=[
-        Route("/api/external/v1/websites", websites),
-        Route("/api/external/v1/websites/{website_id}/stats", website_stats),
-        Route("/health", health),
-    ],
+    routes=routes,
     middleware=[
         Middleware(MeterwareMiddleware, usage_path="/api/external/v1/usage", usage_format="quota")
     ],

@@ -2,6 +2,7 @@
 endpoint for any Starlette or FastAPI service, as one ASGI middleware."""
 
 from meterware.admin import Admin, UsageLine, UsageReport
+from meterware.adminapp import AdminApp
 from meterware.clock import Clock
 from meterware.config import DEFAULT_EXEMPT_PATHS
 from meterware.errors import (
@@ -18,6 +19,7 @@ from meterware.metering import Cost, cost
 from meterware.middleware import MeterwareMiddleware
 from meterware.responses import error_handlers
 from meterware.runtime import get_caller, set_cost
+from meterware.selfserve import KeysApp
 from meterware.storage import Storage, storage_from_url
 from meterware.tiers import DEFAULT_TIERS, Tier, TierTable
 from meterware.usage import UsageApp
@@ -29,6 +31,7 @@ __all__ = [
     "DEFAULT_TIERS",
     "Account",
     "Admin",
+    "AdminApp",
     "ApiKey",
     "Caller",
     "Clock",
@@ -37,6 +40,7 @@ __all__ = [
     "Cost",
     "InvalidValue",
     "KeyResolver",
+    "KeysApp",
     "MeterwareError",
     "MeterwareMiddleware",
     "NotFound",

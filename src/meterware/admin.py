@@ -33,7 +33,6 @@ from meterware import config
 from meterware.clock import Clock, day_of, month_period, system_clock
 from meterware.errors import Conflict, InvalidValue, NotFound
 from meterware.keys import (
-    DEFAULT_TIER,
     PERMISSIONS,
     Account,
     ApiKey,
@@ -165,16 +164,17 @@ class Admin:
         self,
         *,
         account_id: str | None = None,
-        tier: str = DEFAULT_TIER,
+        tier: str | None = None,
         name: str | None = None,
         external_id: str | None = None,
         stripe_customer_id: str | None = None,
     ) -> Account:
-        """Create an account (a new id unless `account_id` is given) on plan `tier`;
-        `Conflict` if the id or the external id is taken."""
+        """Create an account (a new id unless `account_id` is given) on plan `tier` (the
+        tier table's default: `free`); `Conflict` if the id or the external id is taken."""
         account = Account(
             id=_id(account_id, "account") if account_id is not None else new_account_id(),
-            created_at=self.clock(), tier=tier, name=name, external_id=external_id,
+            created_at=self.clock(), tier=tier or self.tiers.default, name=name,
+            external_id=external_id,
             stripe_customer_id=stripe_customer_id,
         )  # fmt: skip
         self._check_account(account)
@@ -255,7 +255,8 @@ class Admin:
         """Create a key; the key and its secret, shown once.
 
         Without `account_id`, or with an id no account has yet, the account is created
-        too, on plan `tier` (default `free`), and the key follows its plan. For an
+        too, on plan `tier` (default: the tier table's, `free`), and the key follows its
+        plan. For an
         existing account, `tier` is the key's own (None: follow the account's).
         `live_limit` refuses (`Conflict`) when the account already has that many live
         keys.
@@ -268,7 +269,8 @@ class Admin:
             monthly_credits=monthly_credits, billing_anchor_day=billing_anchor_day,
         )  # fmt: skip
         self._check(key)
-        account = Account(key.account_id, now, tier=tier or DEFAULT_TIER)
+        account = Account(key.account_id, now, tier=tier or self.tiers.default)
+        self._check_account(account)
         if await self.store.ensure_account(account):
             key = key.with_changes(tier=None)  # the new account's plan is the key's
         secret = self.hasher.new_secret()

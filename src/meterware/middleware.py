@@ -3,12 +3,15 @@
 A request's path, top to bottom in `__call__`; each step gives a result, or a refusal
 that is sent at once:
 
-1. pass through what is neither HTTP nor a WebSocket, and the exempt paths;
+1. pass through what is neither HTTP nor a WebSocket, the exempt paths, and apps that
+   authenticate on their own (`meterware_exempt`: the admin app, the metrics app, the
+   usage page; they find the runtime in the scope);
 2. authenticate: the key's caller (401 when missing, malformed, unknown, revoked or
    expired; 503 when the store is needed and down);
 3. plan: the caller's limits (403 for a tier the table does not know);
 4. route: the endpoint and its declared cost (403 for a site_access key on another site);
-5. the usage endpoint is answered here: rate-limited, never counted or charged;
+5. the usage endpoint (and apps marked `meterware_unmetered`: a mounted `UsageApp`,
+   the self-serve `KeysApp`) is answered here: rate-limited, never counted or charged;
 6. admit: per-minute window (429), monthly quota (429), monthly credits (402);
 7. run the host's app with the rate-limit headers, then settle the call: charge its
    credits if it succeeded, give them back if not.
@@ -33,8 +36,8 @@ from meterware.clock import Clock, system_clock
 from meterware.config import DEFAULT_EXEMPT_PATHS, ChargeRule, Settings
 from meterware.keys import KeyResolver
 from meterware.openapi import document_openapi
-from meterware.responses import Denial, Envelope, merge_headers
-from meterware.runtime import SCOPE_KEY, Call, Runtime
+from meterware.responses import Denial, Envelope, merge_headers, route_path
+from meterware.runtime import RUNTIME_KEY, SCOPE_KEY, Call, Runtime
 from meterware.storage import Storage
 from meterware.tiers import TierTable
 from meterware.usage import UsageApp, UsageFormat
@@ -114,12 +117,16 @@ class MeterwareMiddleware:
                 return await self._lifespan(scope, receive, send)
             return await self.app(scope, receive, send)
         rt = self.runtime
-        path = _route_path(scope)
+        path = route_path(scope)
         if path in rt.settings.exempt_paths:
             return await self.app(scope, receive, send)
         if not rt.started:
             await rt.start()
         now = rt.clock()
+        route = rt.costs.lookup(scope)
+        if getattr(route.endpoint, "meterware_exempt", False):  # it authenticates on its own
+            scope[RUNTIME_KEY] = rt
+            return await self.app(scope, receive, send)
 
         caller = await rt.authenticate(scope["headers"], now)
         if isinstance(caller, Denial):
@@ -127,7 +134,6 @@ class MeterwareMiddleware:
         plan = rt.plan(caller)
         if isinstance(plan, Denial):
             return await self._deny(scope, receive, send, plan, now)
-        route = rt.costs.lookup(scope)
         site = route.path_params.get(rt.settings.website_param)
         if (
             caller.permission == "site_access"
@@ -140,14 +146,16 @@ class MeterwareMiddleware:
         scope[SCOPE_KEY] = call
         scope.setdefault("state", {})["meterware"] = caller
 
-        usage_endpoint = path == rt.settings.usage_path or isinstance(route.endpoint, UsageApp)
-        if usage_endpoint and scope["type"] == "http":
+        # The usage endpoint and the self-serve keys: rate-limited, never counted.
+        unmetered = getattr(route.endpoint, "meterware_unmetered", False)
+        if (unmetered or path == rt.settings.usage_path) and scope["type"] == "http":
             limited = await rt.admission.rate_limit(plan, now)
             if limited is not None:
                 return await self._deny(scope, receive, send, limited, now)
             call.headers = rt.admission.headers(plan, now)
-            usage = route.endpoint if isinstance(route.endpoint, UsageApp) else self.usage_app
-            return await usage(scope, receive, send)
+            if unmetered:  # routed by the app as usual (it may be mounted)
+                return await self.app(scope, receive, send)
+            return await self.usage_app(scope, receive, send)
 
         hold = await rt.admission.admit(plan, route.cost, now)
         if isinstance(hold, Denial):
@@ -248,11 +256,3 @@ _LIFESPAN_ENDS = (
     "lifespan.shutdown.complete",
     "lifespan.shutdown.failed",
 )
-
-
-def _route_path(scope: Scope) -> str:
-    """The request's path inside the app meterware wraps (without a mount's root_path),
-    as Starlette's router sees it."""
-    path: str = scope["path"]
-    root: str = scope.get("root_path", "")
-    return path[len(root) :] if root and path.startswith(root) else path

@@ -11,7 +11,10 @@
   extension `{"credits", "action", "label"}`; bodies follow the configured envelope
   (`components.schemas.MeterwareError`); responses the host declared are kept;
 - the usage endpoint at `usage_path`: `CreditsReport` (reference A) or `QuotaStatus`
-  (reference B).
+  (reference B);
+- apps mounted in it that document themselves (`openapi(prefix)`): the self-serve
+  `KeysApp` (secured by the key schemes, like any metered route) and the `AdminApp`
+  (secured by its own bearer admin token).
 
 Apps without `openapi`/`openapi_schema` (plain Starlette) are left alone. FastAPI itself
 is never imported.
@@ -95,8 +98,15 @@ def _complete(
     paths = schema.setdefault("paths", {})
     if usage_path and usage_path not in paths:
         paths[usage_path] = {"get": _usage_operation(usage_format, schemas)}
+    own_auth: dict[str, Any] = {}
+    for prefix, mounted in _mounted(app):
+        found, schemes = mounted.openapi(prefix)
+        components["securitySchemes"].update(schemes)
+        for path, item in found.items():
+            exempt_app = getattr(mounted, "meterware_exempt", False)
+            (own_auth if exempt_app else paths).setdefault(path, item)
     for path, item in paths.items():
-        if path in exempt:
+        if path in exempt or path in own_auth:
             continue
         for method, operation in item.items():
             if method not in METHODS:
@@ -123,6 +133,21 @@ def _complete(
                     for name, header in RATE_LIMIT_HEADERS.items():
                         headers.setdefault(name, header)
             operation["responses"] = dict(sorted(responses.items()))
+    for path, item in own_auth.items():  # the admin app: its own token, not a key
+        paths.setdefault(path, item)
+
+
+def _mounted(app: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    """(mount path, app) of each mounted app that documents itself (`openapi(prefix)`)."""
+    found = []
+    for route in getattr(app, "routes", None) or ():
+        inner = getattr(route, "app", None)
+        path = prefix + str(getattr(route, "path", ""))
+        if callable(getattr(inner, "openapi", None)) and not hasattr(inner, "openapi_schema"):
+            found.append((path, inner))
+        elif hasattr(route, "routes") and inner is not None and route.path:
+            found += _mounted(route, path)
+    return found
 
 
 def _add_schemes(schemes: dict[str, Any], key_headers: Sequence[str], bearer: bool) -> list[str]:

@@ -35,6 +35,7 @@ __all__ = [
     "Refusal",
     "error_handlers",
     "render_json",
+    "route_path",
 ]
 
 Envelope = Literal["flat", "wrapped"]
@@ -65,6 +66,14 @@ KEY_NOT_FOUND = Refusal(404, "NOT_FOUND", "API key not found")
 NOT_ALLOWED = Refusal(405, "METHOD_NOT_ALLOWED", "Method not allowed")
 
 RETRY_STORAGE = (b"retry-after", b"5")
+
+
+def route_path(scope: Mapping[str, Any]) -> str:
+    """The request's path inside the app at hand (without a mount's `root_path`), as
+    Starlette's router sees it."""
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root) else path
 
 
 def display_header(header: str) -> str:

@@ -41,7 +41,7 @@ from meterware.storage import Storage, storage_from_url
 from meterware.tiers import TierTable
 from meterware.windows import WINDOW, window_store
 
-__all__ = ["Call", "Runtime", "get_caller", "set_cost"]
+__all__ = ["RUNTIME_KEY", "SCOPE_KEY", "Call", "Runtime", "get_caller", "set_cost"]
 
 log = logging.getLogger("meterware")
 
@@ -93,7 +93,7 @@ class Runtime:
             flush_batch=settings.flush_batch,
             max_pending=settings.max_pending,
             on_take=self.views.mark,
-            on_written=self.breaker.answered,
+            on_written=self._ledger_written,
             timeout=settings.background_timeout,
         )
         self.leases = Leases(guarded, max_block=settings.quota_block)
@@ -280,8 +280,13 @@ class Runtime:
             await self.meter.wait()
             if self._stopping:
                 return
-            if await self.meter.flush(after=self._read_views):
-                self.admission.outages.recovered("storage")
+            await self.meter.flush(after=self._read_views)
+
+    def _ledger_written(self) -> None:
+        """A flush's write succeeded: the store answers again (a flush with nothing to
+        write says nothing of the store)."""
+        self.breaker.answered()
+        self.admission.outages.recovered("storage")
 
     async def _read_views(self) -> None:
         try:
@@ -313,6 +318,7 @@ class Call:
 
 
 SCOPE_KEY = "meterware"
+RUNTIME_KEY = "meterware.runtime"  # where apps that authenticate on their own find it
 
 
 def _call(request: HTTPConnection) -> Call:

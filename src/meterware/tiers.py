@@ -106,6 +106,12 @@ class TierTable:
     def __iter__(self) -> Iterator[Tier]:
         return iter(self._tiers.values())
 
+    @property
+    def default(self) -> str:
+        """The plan of an account created without one: `free` when the table has it,
+        else the table's first tier."""
+        return "free" if "free" in self._tiers else self._tiers[next(iter(self._tiers))].name
+
     def names(self) -> list[str]:
         """Every accepted name: tiers first, then legacy aliases."""
         return [*self._tiers, *self._aliases]

@@ -38,6 +38,8 @@ _DAYS = re.compile(r"[0-9]{1,3}")
 class UsageApp:
     """An ASGI app answering `GET` with the caller's usage in one of the two formats."""
 
+    meterware_unmetered = True  # behind the middleware: rate-limited, never counted
+
     def __init__(self, format: UsageFormat = "quota") -> None:
         if format not in USAGE_FORMATS:
             raise ConfigurationError(f"usage_format must be one of {USAGE_FORMATS}, not {format!r}")

@@ -18,7 +18,8 @@ Every command on a store takes `--storage URL` (default `$METERWARE_STORAGE`, el
 `sqlite:///meterware.db`), `--key-prefix` and `--json`; `copy` takes `--merge` and
 `--json`. Secrets are hashed with `$METERWARE_PEPPER`, as the middleware hashes them,
 and printed only by `create` and `rotate`. A failure is one line on stderr, and the exit
-status says which: 2 a bad command line, 3 an invalid value, 4 no such account or key,
+status says which: 2 a bad command line, 3 an invalid value (in an argument, or one the
+operation refuses), 4 no such account or key,
 5 a conflict with what is stored (a revoked key, an id taken), 1 anything else.
 
 The commands are thin: they parse, call `meterware.Admin` (or the storage transfer),
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
         data, text = asyncio.run(_run(args))
     except UsageError as exc:
-        return fail(str(exc), 2)
+        return fail(str(exc), exc.status)
     except SystemExit as exc:  # --help
         return exc.code if isinstance(exc.code, int) else 0
     except MeterwareError as exc:

@@ -8,6 +8,7 @@ from datetime import date
 from typing import Any, NoReturn
 
 from meterware import config
+from meterware.errors import InvalidValue
 from meterware.keys import SecretHasher, valid_id
 from meterware.tiers import TierTable
 
@@ -15,12 +16,23 @@ DAY = 86_400
 
 
 class UsageError(Exception):
-    """A bad command line, reported in one line instead of argparse's usage block."""
+    """A bad command line, reported in one line instead of argparse's usage block:
+    `status` 2 for its grammar (an unknown option, a missing argument), 3 for a value
+    refused (not a number, an unknown tier), as an `InvalidValue` is."""
+
+    def __init__(self, message: str, status: int = 2) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+_refused: list[str] = []  # values the argument types refused while parsing
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageError(f"{self.prog}: error: {message} (see --help)")
+        status = InvalidValue.exit_status if _refused else 2
+        _refused.clear()
+        raise UsageError(f"{self.prog}: error: {message} (see --help)", status)
 
 
 def checked(check: Callable[[str], Any], what: str) -> Callable[[str], Any]:
@@ -30,6 +42,7 @@ def checked(check: Callable[[str], Any], what: str) -> Callable[[str], Any]:
         try:
             return check(text)
         except ValueError as exc:
+            _refused.append(text)
             raise argparse.ArgumentTypeError(str(exc) or f"not {what}: {text!r}") from None
 
     convert.__name__ = what
