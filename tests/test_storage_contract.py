@@ -29,6 +29,7 @@ from meterware.storage import (
 )
 from meterware.storage.base import SCHEMA_VERSION
 from meterware.storage.memory import MemoryStorage
+from meterware.storage.records import BalanceDraw, CreditGrant, Notice
 from meterware.storage.sqlite import SQLiteStorage
 from tests.backends import Backend
 
@@ -919,6 +920,137 @@ class TestUsage:
         """key_totals sums a key's calls and credits over all days; unknown keys are zeros."""
         assert await ledger.key_totals("key_1") == KeyTotals(0, 9, 101, None)
         assert await ledger.key_totals("key_nope") == KeyTotals()
+
+
+class TestOutcomes:
+    async def test_refusals_are_summed_beside_requests(self, store: Storage) -> None:
+        """A rollup's refusals by outcome are added up like its requests and read back."""
+        await add_key(store, "key_1")
+        refused = rollup("key_1", calls=0, credits=0)
+        refused.rate_limited, refused.quota_exceeded, refused.failed_open = 3, 1, 2
+        await store.record(UsageBatch(rollups=[refused]))
+        await store.record(UsageBatch(rollups=[refused]))
+        (row,) = await store.rollups(key_id="key_1")
+        assert (row.rate_limited, row.quota_exceeded, row.failed_open, row.forbidden) == (
+            6,
+            2,
+            4,
+            0,
+        )
+
+
+class TestGrants:
+    async def test_a_grant_id_adds_once(self, store: Storage) -> None:
+        """add_grant stores a grant once per account and id; grants lists them in the
+        order they are spent: soonest expiry first, never-expiring last."""
+        await store.ensure_account(Account("acct_a", NOW))
+        await store.ensure_account(Account("acct_b", NOW))
+        later = CreditGrant("acct_a", "pack-2", 50, NOW + 2, expires_at=NOW + 9000)
+        sooner = CreditGrant("acct_a", "trial", 10, NOW + 3, expires_at=NOW + 100)
+        never = CreditGrant("acct_a", "pack-1", 100, NOW + 1)
+        for grant in (never, later, sooner):
+            assert await store.add_grant(grant)
+        assert not await store.add_grant(CreditGrant("acct_a", "trial", 999, NOW + 5))
+        assert await store.add_grant(CreditGrant("acct_b", "trial", 7, NOW))  # other account
+        assert await store.grants("acct_a") == [sooner, later, never]
+        assert [g.amount for g in await store.grants("acct_b")] == [7]
+
+    async def test_draws_are_summed_per_grant_day_and_action(self, store: Storage) -> None:
+        """What grants paid for is added up per grant, day and action, with the ledger."""
+        await store.ensure_account(Account("acct_a", NOW))
+        draws = [
+            BalanceDraw("acct_a", "trial", "search", DAY, 5),
+            BalanceDraw("acct_a", "trial", "search", DAY, 7),
+            BalanceDraw("acct_a", "pack", "image", "2026-04-13", 30),
+            BalanceDraw("acct_b", "trial", "search", DAY, 1),
+        ]
+        await store.record(UsageBatch(draws=draws))
+        assert await store.balance_draws("acct_a") == [
+            BalanceDraw("acct_a", "trial", "search", DAY, 12),
+            BalanceDraw("acct_a", "pack", "image", "2026-04-13", 30),
+        ]
+        assert await store.balance_draws("acct_a", first_day="2026-04-13") == [
+            BalanceDraw("acct_a", "pack", "image", "2026-04-13", 30)
+        ]
+
+    async def test_an_expired_window_grants_nothing(self, store: Storage) -> None:
+        """A claim whose window would end by now (an expired grant) gets no units."""
+        assert await reserve(store, "grant:acct_a:trial", 5, 100, end=NOW - 1) == (0, 0)
+        assert await reserve(store, "grant:acct_a:trial", 5, 100, end=NOW) == (0, 0)
+
+
+class TestOutbox:
+    async def test_events_are_written_with_the_ledger(self, store: Storage) -> None:
+        """With outbox, each rollup that counts something becomes one event, numbered in
+        order, with its deltas, the flush's time and an id unique to the store."""
+        await add_key(store, "key_1")
+        first = [rollup("key_1", calls=2, credits=20, requests=2), rollup("key_1", "image")]
+        await store.record(UsageBatch(rollups=first, outbox=True, time=NOW))
+        nothing = rollup("key_1", calls=0, credits=0)
+        nothing.rate_limited = 4  # refusals only: no usage to bill
+        await store.record(UsageBatch(rollups=[nothing], outbox=True, time=NOW + 1))
+        await store.record(UsageBatch(rollups=[rollup("key_1")], outbox=False, time=NOW + 2))
+        await store.record(
+            UsageBatch(rollups=[rollup("key_1", calls=5)], outbox=True, time=NOW + 3)
+        )
+        events = await store.outbox_after(0, 10)
+        assert [(e.seq, e.action, e.calls, e.credits, e.time) for e in events] == [
+            (1, "image", 1, 1, NOW), (2, "search", 2, 20, NOW), (3, "search", 5, 1, NOW + 3),
+        ] or [(e.seq, e.action, e.calls, e.credits, e.time) for e in events] == [
+            (1, "search", 2, 20, NOW), (2, "image", 1, 1, NOW), (3, "search", 5, 1, NOW + 3),
+        ]  # fmt: skip
+        assert len({e.id for e in events}) == 3
+        assert all(e.id.startswith("mwu_") and e.id.endswith(f"_{e.seq}") for e in events)
+        assert [e.seq for e in await store.outbox_after(1, 1)] == [2]
+        assert await store.outbox_seq_before(NOW + 2) == 2
+        assert await store.outbox_seq_before(NOW) == 0
+
+    async def test_ids_differ_between_stores(self, backend: Backend) -> None:
+        """Two stores number their events alike, but never with the same ids."""
+        ids = []
+        for _ in range(2):
+            store = backend.new() if not ids else MemoryStorage()
+            async with store:
+                await add_key(store, "key_1")
+                await store.record(UsageBatch(rollups=[rollup("key_1")], outbox=True, time=NOW))
+                ids.append((await store.outbox_after(0, 1))[0].id)
+        assert ids[0] != ids[1]
+
+    async def test_cursors_move_forward_only(self, store: Storage) -> None:
+        """A reader's cursor is None until it advances, then never goes back; what it gave
+        up on is noted once."""
+        assert await store.cursor("stripe") is None
+        await store.advance_cursor("stripe", 5, rejected=[(3, "mwu_x_3", "too old")], now=NOW)
+        await store.advance_cursor("stripe", 2, rejected=[(3, "mwu_x_3", "again")], now=NOW + 1)
+        assert await store.cursor("stripe") == 5
+        assert await store.cursor("lago") is None
+        assert await store.rejections("stripe") == [(3, "mwu_x_3", "too old", NOW)]
+
+    async def test_one_lease_holder_at_a_time(self, store: Storage) -> None:
+        """A lease is held by one owner until it expires or is released; its holder
+        renews it."""
+        assert await store.take_lease("export", "a", now=NOW, ttl=10)
+        assert not await store.take_lease("export", "b", now=NOW + 5, ttl=10)
+        assert await store.take_lease("export", "a", now=NOW + 5, ttl=10)  # renewed to +15
+        assert not await store.take_lease("export", "b", now=NOW + 14, ttl=10)
+        assert await store.take_lease("export", "b", now=NOW + 15, ttl=10)  # expired
+        await store.release_lease("export", "a")  # not a's any more: nothing happens
+        assert not await store.take_lease("export", "a", now=NOW + 16, ttl=10)
+        await store.release_lease("export", "b")
+        assert await store.take_lease("export", "a", now=NOW + 16, ttl=10)
+
+    async def test_notices_are_stored_once_per_id(self, store: Storage) -> None:
+        """add_notice stores a notice once per id, numbered in order, data kept."""
+        quota = Notice("quota.80:key_1:2026-04", "quota.threshold", "acct_a", "key_1",
+                       {"percent": 80, "limit": 1000}, NOW)  # fmt: skip
+        created = Notice("key.created:key_2", "key.created", "acct_a", "key_2", {}, NOW + 1)
+        assert await store.add_notice(quota)
+        assert not await store.add_notice(quota)
+        assert await store.add_notice(created)
+        stored = await store.notices_after(0, 10)
+        assert [(n.seq, n.id, n.data) for n in stored] == [
+            (1, quota.id, {"percent": 80, "limit": 1000}), (2, created.id, {})]  # fmt: skip
+        assert [n.id for n in await store.notices_after(1, 10)] == [created.id]
 
 
 # -- choosing a backend by URL -----------------------------------------------------------

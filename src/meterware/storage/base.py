@@ -27,9 +27,13 @@ from typing import Any, ClassVar, TypeVar
 from meterware.errors import InvalidValue, StorageError, StorageUnavailable
 from meterware.keys import Account, ApiKey
 from meterware.storage.records import (
+    BalanceDraw,
     Claim,
+    CreditGrant,
     Grant,
     KeyTotals,
+    Notice,
+    OutboxEvent,
     Rollup,
     Snapshot,
     UsageBatch,
@@ -43,11 +47,13 @@ __all__ = [
     "Transferable",
     "check_account_updatable",
     "check_updatable",
+    "outbox_id",
     "redact",
     "retiring",
+    "spending_order",
 ]
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 FIRST_DAY, LAST_DAY = "0000-01-01", "9999-12-31"  # bounds of every UTC day
 
@@ -242,8 +248,8 @@ class Storage(abc.ABC):
         For each claim: when the counter has no window live at `now` (none yet, or it
         ended at or before `now`), a new one starts with count 0, ending at
         `claim.window_end`; then `min(want, limit - count)` units (at least 0) are
-        added. Two callers racing for the last units never get more than `limit`
-        between them.
+        added. A claim whose `window_end` is not after `now` gets nothing. Two callers
+        racing for the last units never get more than `limit` between them.
         """
 
     @abc.abstractmethod
@@ -259,8 +265,11 @@ class Storage(abc.ABC):
 
     @abc.abstractmethod
     async def record(self, batch: UsageBatch) -> None:
-        """Add a flush's rollups to the stored ones and set its labels, in one
-        transaction (a rollup's last use is the later of the two)."""
+        """Write a flush in one transaction: add its rollups to the stored ones (a
+        rollup's last use is the later of the two), set its labels, add its balance
+        draws, and, with `batch.outbox`, append one `OutboxEvent` per rollup that counts
+        requests, calls or credits (its deltas, at `batch.time`). Nothing counted is
+        ever missing from the outbox, and nothing is in it twice."""
 
     @abc.abstractmethod
     async def usage(
@@ -302,6 +311,75 @@ class Storage(abc.ABC):
     async def labels(self) -> dict[str, str]:
         """The display label last recorded for each action."""
 
+    # -- prepaid credits ---------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def add_grant(self, grant: CreditGrant) -> bool:
+        """Store a grant unless the account has one with its id; whether it was added
+        (granting the same id twice adds once)."""
+
+    @abc.abstractmethod
+    async def grants(self, account_id: str) -> list[CreditGrant]:
+        """The account's grants, in the order they are spent: soonest expiry first,
+        grants that never expire last, then by time granted and id."""
+
+    @abc.abstractmethod
+    async def balance_draws(
+        self, account_id: str, *, first_day: str = FIRST_DAY, last_day: str = LAST_DAY
+    ) -> list[BalanceDraw]:
+        """What each grant of the account paid for, by day and action (ordered so, then
+        by grant), between two days inclusive."""
+
+    # -- export and notices ------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def outbox_after(self, seq: int, limit: int) -> list[OutboxEvent]:
+        """Up to `limit` outbox events numbered after `seq`, in order."""
+
+    @abc.abstractmethod
+    async def outbox_seq_before(self, time: float) -> int:
+        """The number of the last outbox event written before `time` (0 if none): where a
+        reader that starts at `time` begins."""
+
+    @abc.abstractmethod
+    async def cursor(self, name: str) -> int | None:
+        """Where the reader `name` (an exporter's sink, a webhook endpoint) is: the last
+        position it finished with, None if it never started."""
+
+    @abc.abstractmethod
+    async def advance_cursor(
+        self,
+        name: str,
+        position: int,
+        *,
+        rejected: Sequence[tuple[int, str, str]] = (),
+        now: float = 0.0,
+    ) -> None:
+        """Move the reader `name` forward to `position` (never back), noting in the same
+        transaction the items it gave up on: `(seq, id, reason)`."""
+
+    @abc.abstractmethod
+    async def rejections(self, name: str) -> list[tuple[int, str, str, float]]:
+        """What reader `name` gave up on: `(seq, id, reason, when)`, in order."""
+
+    @abc.abstractmethod
+    async def take_lease(self, name: str, owner: str, *, now: float, ttl: float) -> bool:
+        """Hold the lease `name` for `ttl` seconds from `now`, if it is free, expired or
+        already `owner`'s (then it is renewed); whether `owner` holds it."""
+
+    @abc.abstractmethod
+    async def release_lease(self, name: str, owner: str) -> None:
+        """Give the lease up, if `owner` holds it."""
+
+    @abc.abstractmethod
+    async def add_notice(self, notice: Notice) -> bool:
+        """Store a notice unless one with its id is stored; whether it was added (a
+        threshold crossed in several processes at once is stored once)."""
+
+    @abc.abstractmethod
+    async def notices_after(self, seq: int, limit: int) -> list[Notice]:
+        """Up to `limit` stored notices numbered after `seq`, in order."""
+
     async def key_totals(self, key_id: str) -> KeyTotals:
         """A key's lifetime requests, calls, credits and last use."""
         key = await self.get_key(key_id)
@@ -325,6 +403,19 @@ class Transferable(abc.ABC):
     @abc.abstractmethod
     async def exists(self) -> bool:
         """Whether a store exists there already (`open` would create one)."""
+
+
+def spending_order(grant: CreditGrant) -> tuple[bool, float, float, str]:
+    """The order grants are spent in: soonest expiry first, never-expiring last."""
+    never = grant.expires_at is None
+    return never, grant.expires_at or 0.0, grant.granted_at, grant.grant_id
+
+
+def outbox_id(store_id: str, seq: int) -> str:
+    """The identifier of outbox event `seq` of the store `store_id`: the same every time
+    it is read, and different in every store (two deployments sending to one billing
+    system)."""
+    return f"mwu_{store_id}_{seq}"
 
 
 def retiring(key: ApiKey, secret_expires_at: float | None) -> ApiKey:

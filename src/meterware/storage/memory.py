@@ -4,6 +4,7 @@ forget everything on restart."""
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -17,12 +18,18 @@ from meterware.storage.base import (
     Transferable,
     check_account_updatable,
     check_updatable,
+    outbox_id,
     retiring,
+    spending_order,
 )
 from meterware.storage.records import (
+    BalanceDraw,
     Claim,
+    CreditGrant,
     Grant,
     KeyTotals,
+    Notice,
+    OutboxEvent,
     Rollup,
     Snapshot,
     UsageBatch,
@@ -45,6 +52,14 @@ class MemoryStorage(Storage, Transferable):
         self._counters = LocalCounters()
         self._daily: dict[tuple[str, str, str, str], Rollup] = {}
         self._labels: dict[str, str] = {}
+        self._grants: dict[tuple[str, str], CreditGrant] = {}
+        self._draws: dict[tuple[str, str, str, str], BalanceDraw] = {}
+        self._store_id = secrets.token_hex(4)
+        self._outbox: list[OutboxEvent] = []
+        self._cursors: dict[str, int] = {}
+        self._rejections: dict[str, list[tuple[int, str, str, float]]] = {}
+        self._leases: dict[str, tuple[str, float]] = {}
+        self._notices: dict[str, Notice] = {}
 
     async def open(self) -> None:
         self._opened = True
@@ -163,6 +178,20 @@ class MemoryStorage(Storage, Transferable):
             else:
                 row.add(r)
         self._labels.update(batch.labels)
+        for d in batch.draws:
+            found = self._draws.get((d.account_id, d.grant_id, d.day, d.action))
+            if found is None:
+                self._draws[(d.account_id, d.grant_id, d.day, d.action)] = dataclasses.replace(d)
+            else:
+                found.credits += d.credits
+        if batch.outbox:
+            for r in batch.rollups:
+                if r.requests or r.calls or r.credits:
+                    seq = len(self._outbox) + 1
+                    self._outbox.append(OutboxEvent(
+                        seq, outbox_id(self._store_id, seq), r.account_id, r.key_id, r.action,
+                        r.day, r.requests, r.calls, r.credits, batch.time,
+                    ))  # fmt: skip
 
     def _rows(self, account_id: str, key_id: str | None, first: str, last: str) -> list[Rollup]:
         return [
@@ -221,6 +250,79 @@ class MemoryStorage(Storage, Transferable):
     async def labels(self) -> dict[str, str]:
         return dict(self._labels)
 
+    # -- prepaid credits ---------------------------------------------------------------
+
+    async def add_grant(self, grant: CreditGrant) -> bool:
+        if grant.account_id not in self._accounts:
+            raise StorageError(f"{self!r}: no account {grant.account_id!r}")
+        if (grant.account_id, grant.grant_id) in self._grants:
+            return False
+        self._grants[(grant.account_id, grant.grant_id)] = grant
+        return True
+
+    async def grants(self, account_id: str) -> list[CreditGrant]:
+        mine = [g for (a, _), g in self._grants.items() if a == account_id]
+        return sorted(mine, key=spending_order)
+
+    async def balance_draws(
+        self, account_id: str, *, first_day: str = FIRST_DAY, last_day: str = LAST_DAY
+    ) -> list[BalanceDraw]:
+        rows = [
+            dataclasses.replace(d)
+            for (a, _, day, _), d in self._draws.items()
+            if a == account_id and first_day <= day <= last_day
+        ]
+        return sorted(rows, key=lambda d: (d.day, d.action, d.grant_id))
+
+    # -- export and notices ------------------------------------------------------------
+
+    async def outbox_after(self, seq: int, limit: int) -> list[OutboxEvent]:
+        return self._outbox[max(0, seq) : max(0, seq) + limit]
+
+    async def outbox_seq_before(self, time: float) -> int:
+        return max((e.seq for e in self._outbox if e.time < time), default=0)
+
+    async def cursor(self, name: str) -> int | None:
+        return self._cursors.get(name)
+
+    async def advance_cursor(
+        self,
+        name: str,
+        position: int,
+        *,
+        rejected: Sequence[tuple[int, str, str]] = (),
+        now: float = 0.0,
+    ) -> None:
+        self._cursors[name] = max(position, self._cursors.get(name, position))
+        noted = self._rejections.setdefault(name, [])
+        known = {seq for seq, *_ in noted}
+        noted += [(seq, id_, why, now) for seq, id_, why in rejected if seq not in known]
+        noted.sort()
+
+    async def rejections(self, name: str) -> list[tuple[int, str, str, float]]:
+        return list(self._rejections.get(name, []))
+
+    async def take_lease(self, name: str, owner: str, *, now: float, ttl: float) -> bool:
+        held = self._leases.get(name)
+        if held is not None and held[0] != owner and held[1] > now:
+            return False
+        self._leases[name] = (owner, now + ttl)
+        return True
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        if self._leases.get(name, ("", 0.0))[0] == owner:
+            del self._leases[name]
+
+    async def add_notice(self, notice: Notice) -> bool:
+        if notice.id in self._notices:
+            return False
+        seq = len(self._notices) + 1
+        self._notices[notice.id] = dataclasses.replace(notice, seq=seq)
+        return True
+
+    async def notices_after(self, seq: int, limit: int) -> list[Notice]:
+        return list(self._notices.values())[max(0, seq) : max(0, seq) + limit]
+
     # -- Transferable ------------------------------------------------------------------
 
     async def dump(self) -> Snapshot:
@@ -231,6 +333,8 @@ class MemoryStorage(Storage, Transferable):
             counters={name: (end, int(count)) for name, (end, count) in self._counters},
             rollups={k: dataclasses.replace(r) for k, r in self._daily.items()},
             labels=dict(self._labels),
+            grants=dict(self._grants),
+            draws={k: dataclasses.replace(d) for k, d in self._draws.items()},
         )
 
     def location(self) -> str:
@@ -258,7 +362,8 @@ class LocalCounters:
             window = self._windows.get(claim.counter)
             if window is None or window[0] <= now:
                 window = self._windows[claim.counter] = [claim.window_end, 0]
-            granted = min(claim.want, max(0, claim.limit - int(window[1])))
+            want = claim.want if claim.window_end > now else 0  # (an expired grant's)
+            granted = min(want, max(0, claim.limit - int(window[1])))
             window[1] += granted
             grants.append(Grant(granted, int(window[1]), window[0]))
         return grants

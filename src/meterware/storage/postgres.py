@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import json
 import re
 import time
 from collections.abc import Sequence
@@ -34,9 +35,14 @@ from meterware.storage.base import (
 )
 from meterware.storage.postgres_sql import FINISH_V2, MIGRATIONS, V1_COUNTERS, V1_KEYS, Queries
 from meterware.storage.records import (
+    OUTCOME_FIELDS,
+    BalanceDraw,
     Claim,
+    CreditGrant,
     Grant,
     KeyTotals,
+    Notice,
+    OutboxEvent,
     Rollup,
     Snapshot,
     UsageBatch,
@@ -44,6 +50,7 @@ from meterware.storage.records import (
 )
 from meterware.storage.sql import (
     ACCOUNT_COLUMNS,
+    V1_ROLLUP_COLUMNS,
     V1Key,
     dump_queries,
     key_values,
@@ -132,9 +139,11 @@ class PostgresStorage(Storage, Transferable):
             )
             try:
                 await self._migrate(pool)
+                store_id = await pool.fetchval(self._q.store_id)
             except BaseException:
                 await pool.close()
                 raise
+            self._store_id = f"{int(store_id):08x}"
             self._pool = pool
             self._opened = True
 
@@ -181,8 +190,11 @@ class PostgresStorage(Storage, Transferable):
         keys = [V1Key(*row) for row in await conn.fetch(V1_KEYS.format(s=s))]
         counters = [tuple(row) for row in await conn.fetch(V1_COUNTERS.format(s=s))]
         rollups, windows = v1_to_v2(keys, counters, time.time())
-        if rollups:
-            await conn.execute(self._q.add_rollups, *_columns(rollups))
+        await conn.executemany(
+            f"INSERT INTO {s}.usage_daily ({', '.join(V1_ROLLUP_COLUMNS)}) VALUES "
+            f"({', '.join(f'${i}' for i in range(1, len(V1_ROLLUP_COLUMNS) + 1))})",
+            [tuple(getattr(r, c) for c in V1_ROLLUP_COLUMNS) for r in rollups],
+        )
         await conn.executemany(
             f"INSERT INTO {s}.windows (counter, window_end, count) VALUES ($1, $2, $3)", windows
         )
@@ -336,11 +348,32 @@ class PostgresStorage(Storage, Transferable):
             else:
                 merged[key] = dataclasses.replace(r)
         rollups = [merged[key] for key in sorted(merged)]
+        draws: dict[tuple[str, str, str, str], int] = {}
+        for d in batch.draws:
+            key = (d.account_id, d.grant_id, d.day, d.action)
+            draws[key] = draws.get(key, 0) + d.credits
+        events = [r for r in rollups if r.requests or r.calls or r.credits] if batch.outbox else []
         async with self.pool.acquire() as conn, conn.transaction():
             if rollups:
                 await conn.execute(self._q.add_rollups, *_columns(rollups))
             if batch.labels:
                 await conn.executemany(self._q.set_label, sorted(batch.labels.items()))
+            if draws:
+                keys = sorted(draws)
+                await conn.execute(
+                    self._q.add_draws, *([k[i] for k in keys] for i in range(4)),
+                    [draws[k] for k in keys],
+                )  # fmt: skip
+            if events:
+                first = await conn.fetchval(self._q.outbox_take, len(events))
+                columns = (
+                    [getattr(r, c) for r in events]
+                    for c in ("account_id", "key_id", "action", "day", "requests", "calls",
+                              "credits")
+                )  # fmt: skip
+                await conn.execute(
+                    self._q.add_outbox, first, f"mwu_{self._store_id}_", batch.time, *columns
+                )
 
     async def usage(
         self, *, account_id: str, key_id: str | None, first_day: str, last_day: str
@@ -390,6 +423,134 @@ class PostgresStorage(Storage, Transferable):
         rows = await self.pool.fetch(f"SELECT action, label FROM {self._q.s}.actions")
         return {str(r[0]): str(r[1]) for r in rows}
 
+    # -- prepaid credits ---------------------------------------------------------------
+
+    async def add_grant(self, grant: CreditGrant) -> bool:
+        status = await self.pool.execute(
+            f"INSERT INTO {self._q.s}.grants (account_id, grant_id, amount, granted_at, "
+            "expires_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+            grant.account_id, grant.grant_id, grant.amount, grant.granted_at, grant.expires_at,
+        )  # fmt: skip
+        return bool(status == "INSERT 0 1")
+
+    async def grants(self, account_id: str) -> list[CreditGrant]:
+        rows = await self.pool.fetch(
+            f"SELECT account_id, grant_id, amount, granted_at, expires_at FROM {self._q.s}.grants "
+            "WHERE account_id = $1 ORDER BY expires_at IS NULL, expires_at, granted_at, grant_id",
+            account_id,
+        )
+        return [CreditGrant(*r) for r in rows]
+
+    async def balance_draws(
+        self, account_id: str, *, first_day: str = FIRST_DAY, last_day: str = LAST_DAY
+    ) -> list[BalanceDraw]:
+        rows = await self.pool.fetch(
+            "SELECT account_id, grant_id, action, day, credits "
+            f"FROM {self._q.s}.balance_daily WHERE account_id = $1 AND day BETWEEN $2 AND $3 "
+            "ORDER BY day, action, grant_id",
+            account_id, first_day, last_day,
+        )  # fmt: skip
+        return [BalanceDraw(*r) for r in rows]
+
+    # -- export and notices ------------------------------------------------------------
+
+    async def outbox_after(self, seq: int, limit: int) -> list[OutboxEvent]:
+        rows = await self.pool.fetch(
+            "SELECT seq, id, account_id, key_id, action, day, requests, calls, credits, time "
+            f"FROM {self._q.s}.outbox WHERE seq > $1 ORDER BY seq LIMIT $2",
+            seq, limit,
+        )  # fmt: skip
+        return [OutboxEvent(*r) for r in rows]
+
+    async def outbox_seq_before(self, time: float) -> int:
+        value = await self.pool.fetchval(
+            f"SELECT coalesce(max(seq), 0) FROM {self._q.s}.outbox WHERE time < $1", time
+        )
+        return int(value)
+
+    async def cursor(self, name: str) -> int | None:
+        value = await self.pool.fetchval(
+            f"SELECT position FROM {self._q.s}.cursors WHERE name = $1", name
+        )
+        return None if value is None else int(value)
+
+    async def advance_cursor(
+        self,
+        name: str,
+        position: int,
+        *,
+        rejected: Sequence[tuple[int, str, str]] = (),
+        now: float = 0.0,
+    ) -> None:
+        s = self._q.s
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                f"INSERT INTO {s}.rejections (name, seq, id, reason, at) "
+                "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                [(name, seq, id_, why, now) for seq, id_, why in rejected],
+            )
+            await conn.execute(
+                f"INSERT INTO {s}.cursors AS c (name, position) VALUES ($1, $2) "
+                "ON CONFLICT (name) DO UPDATE "
+                "SET position = GREATEST(c.position, excluded.position)",
+                name, position,
+            )  # fmt: skip
+
+    async def rejections(self, name: str) -> list[tuple[int, str, str, float]]:
+        rows = await self.pool.fetch(
+            f"SELECT seq, id, reason, at FROM {self._q.s}.rejections WHERE name = $1 ORDER BY seq",
+            name,
+        )
+        return [(int(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+
+    async def take_lease(self, name: str, owner: str, *, now: float, ttl: float) -> bool:
+        row = await self.pool.fetchrow(
+            f"INSERT INTO {self._q.s}.leases AS l (name, owner, until) "
+            "VALUES ($1, $2, $3::float8 + $4::float8) "
+            "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until "
+            "WHERE l.owner = excluded.owner OR l.until <= $3 RETURNING owner",
+            name, owner, now, ttl,
+        )  # fmt: skip
+        return row is not None
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        await self.pool.execute(
+            f"DELETE FROM {self._q.s}.leases WHERE name = $1 AND owner = $2", name, owner
+        )
+
+    async def add_notice(self, notice: Notice) -> bool:
+        # Numbered from a meta row, as key versions are (see NEXT_VERSION): its lock
+        # queues writers, so notices commit in the order of their numbers and a reader
+        # past number 8 has seen 7; under the lock, looking for the id first is exact.
+        try:
+            await self._insert_notice(notice)
+        except _Exists:
+            return False
+        return True
+
+    async def _insert_notice(self, notice: Notice) -> None:
+        s = self._q.s
+        async with self.pool.acquire() as conn, conn.transaction():
+            seq = await conn.fetchval(
+                f"UPDATE {s}.meta SET value = value + 1 WHERE name = 'notice_seq' RETURNING value"
+            )
+            if await conn.fetchval(f"SELECT 1 FROM {s}.notices WHERE id = $1", notice.id):
+                raise _Exists  # roll back: the number is given back
+            await conn.execute(
+                f"INSERT INTO {s}.notices (seq, id, type, account_id, key_id, data, created_at) "
+                "VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7)",
+                seq, notice.id, notice.type, notice.account_id, notice.key_id,
+                json.dumps(dict(notice.data)), notice.created_at,
+            )  # fmt: skip
+
+    async def notices_after(self, seq: int, limit: int) -> list[Notice]:
+        rows = await self.pool.fetch(
+            "SELECT id, type, account_id, key_id, data::text, created_at, seq "
+            f"FROM {self._q.s}.notices WHERE seq > $1 ORDER BY seq LIMIT $2",
+            seq, limit,
+        )  # fmt: skip
+        return [Notice(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
+
     # -- Transferable ------------------------------------------------------------------
 
     async def dump(self) -> Snapshot:
@@ -433,6 +594,10 @@ class _NoSuchKey(Exception):
     """Rolls back an update of a key that does not exist."""
 
 
+class _Exists(Exception):
+    """Rolls back adding a notice that is stored already."""
+
+
 def _columns(rollups: Sequence[Rollup]) -> list[list[Any]]:
     """Rollups as the column arrays `unnest` takes."""
     return [
@@ -444,4 +609,5 @@ def _columns(rollups: Sequence[Rollup]) -> list[list[Any]]:
         [r.credits for r in rollups],
         [r.requests for r in rollups],
         [r.last_used_at for r in rollups],
+        *([getattr(r, c) for r in rollups] for c in OUTCOME_FIELDS),
     ]

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from meterware.storage.sql import ACCOUNT_COLUMNS, LIVE_KEYS, STORED_KEY_COLUMNS, key_select
+from meterware.storage.records import OUTCOME_FIELDS
+from meterware.storage.sql import (
+    ACCOUNT_COLUMNS,
+    LIVE_KEYS,
+    ROLLUP_SELECT,
+    STORED_KEY_COLUMNS,
+    key_select,
+)
 
 # `{s}` is the quoted schema name; everything else is a parameter.
 MIGRATIONS: dict[int, tuple[str, ...]] = {
@@ -78,6 +85,62 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE UNIQUE INDEX accounts_by_external_id ON {s}.accounts (external_id)",
         "ALTER TABLE {s}.keys ALTER COLUMN tier DROP NOT NULL",
     ),
+    # Step 4: outcomes in the ledger, prepaid grants, the outbox and its readers, leases,
+    # notices; the store's own id (in outbox event ids).
+    4: (
+        "ALTER TABLE {s}.usage_daily "
+        + ", ".join(f"ADD COLUMN {c} BIGINT NOT NULL DEFAULT 0" for c in OUTCOME_FIELDS),
+        """CREATE TABLE {s}.grants (
+            account_id TEXT NOT NULL REFERENCES {s}.accounts (id),
+            grant_id TEXT NOT NULL,
+            amount BIGINT NOT NULL,
+            granted_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION,
+            PRIMARY KEY (account_id, grant_id)
+        )""",
+        """CREATE TABLE {s}.balance_daily (
+            account_id TEXT NOT NULL,
+            grant_id TEXT NOT NULL,
+            day TEXT NOT NULL,
+            action TEXT NOT NULL,
+            credits BIGINT NOT NULL,
+            PRIMARY KEY (account_id, grant_id, day, action)
+        )""",
+        """CREATE TABLE {s}.outbox (
+            seq BIGINT PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            account_id TEXT NOT NULL,
+            key_id TEXT NOT NULL,
+            action TEXT NOT NULL,
+            day TEXT NOT NULL,
+            requests BIGINT NOT NULL,
+            calls BIGINT NOT NULL,
+            credits BIGINT NOT NULL,
+            time DOUBLE PRECISION NOT NULL
+        )""",
+        "CREATE TABLE {s}.cursors (name TEXT PRIMARY KEY, position BIGINT NOT NULL)",
+        """CREATE TABLE {s}.rejections (
+            name TEXT NOT NULL,
+            seq BIGINT NOT NULL,
+            id TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            PRIMARY KEY (name, seq)
+        )""",
+        "CREATE TABLE {s}.leases "
+        "(name TEXT PRIMARY KEY, owner TEXT NOT NULL, until DOUBLE PRECISION NOT NULL)",
+        """CREATE TABLE {s}.notices (
+            seq BIGINT PRIMARY KEY,
+            id TEXT NOT NULL UNIQUE,
+            type TEXT NOT NULL,
+            account_id TEXT,
+            key_id TEXT,
+            data JSONB NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL
+        )""",
+        "INSERT INTO {s}.meta (name, value) VALUES ('store_id', floor(random() * 2147483648))",
+        "INSERT INTO {s}.meta (name, value) VALUES ('outbox_seq', 0), ('notice_seq', 0)",
+    ),
 }
 
 V1_KEYS = "SELECT id, account_id, billing_anchor_day, total_requests, last_used_at FROM {s}.keys"
@@ -122,12 +185,7 @@ class Queries:
         self.key_tiers = (
             f"SELECT tier FROM {s}.keys WHERE tier IS NOT NULL UNION SELECT tier FROM {s}.accounts"
         )
-        self.rollups = (
-            "SELECT account_id, key_id, action, day, calls, credits, requests, last_used_at "
-            f"FROM {s}.usage_daily WHERE day BETWEEN $1 AND $2 "
-            "AND ($3::text IS NULL OR account_id = $3) AND ($4::text IS NULL OR key_id = $4) "
-            "ORDER BY day, account_id, key_id, action"
-        )
+
         self.insert_key = f"INSERT INTO {s}.keys ({stored}, version) VALUES ({places})"
         self.insert_secret = (
             f"INSERT INTO {s}.key_secrets (hash, key_id, expires_at) VALUES ($1, $2, NULL)"
@@ -160,8 +218,10 @@ class Queries:
         self.reserve = (
             f"INSERT INTO {s}.windows AS c (counter, window_end, count, granted, want, cap) "
             f"SELECT t.counter, t.window_end, {new}, {new}, t.want, t.cap "
+            "FROM (SELECT u.counter, CASE WHEN u.window_end > $5 THEN u.want ELSE 0 END AS want, "
+            "u.cap, u.window_end "
             "FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::float8[]) "
-            "AS t(counter, want, cap, window_end) "
+            "AS u(counter, want, cap, window_end)) AS t "
             "ON CONFLICT (counter) DO UPDATE SET "
             f"granted = CASE WHEN c.window_end <= $5 THEN {fresh} ELSE {more} END, "
             f"count = CASE WHEN c.window_end <= $5 THEN {fresh} ELSE c.count + {more} END, "
@@ -175,15 +235,44 @@ class Queries:
         )
         self.counter = f"SELECT count FROM {s}.windows WHERE counter = $1 AND window_end > $2"
         # GREATEST ignores NULL: the later of the stored and the new last use.
+        outcome_types = "".join(f", ${i}::bigint[]" for i in range(9, 9 + len(OUTCOME_FIELDS)))
         self.add_rollups = (
             f"INSERT INTO {s}.usage_daily AS u "
-            "(account_id, key_id, day, action, calls, credits, requests, last_used_at) "
+            "(account_id, key_id, day, action, calls, credits, requests, last_used_at, "
+            f"{', '.join(OUTCOME_FIELDS)}) "
             "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
-            "$5::bigint[], $6::bigint[], $7::bigint[], $8::float8[]) "
+            f"$5::bigint[], $6::bigint[], $7::bigint[], $8::float8[]{outcome_types}) "
             "ON CONFLICT (account_id, key_id, day, action) DO UPDATE SET "
             "calls = u.calls + excluded.calls, credits = u.credits + excluded.credits, "
             "requests = u.requests + excluded.requests, "
-            "last_used_at = GREATEST(u.last_used_at, excluded.last_used_at)"
+            + "".join(f"{c} = u.{c} + excluded.{c}, " for c in OUTCOME_FIELDS)
+            + "last_used_at = GREATEST(u.last_used_at, excluded.last_used_at)"
+        )
+        self.add_draws = (
+            f"INSERT INTO {s}.balance_daily AS b (account_id, grant_id, day, action, credits) "
+            "SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[]) "
+            "ON CONFLICT (account_id, grant_id, day, action) DO UPDATE SET "
+            "credits = b.credits + excluded.credits"
+        )
+        # The outbox's numbers come from one meta row, taken in the ledger's transaction:
+        # the row lock queues writers, so events are numbered and committed in order (a
+        # reader never sees number 8 before number 7 has committed: see NEXT_VERSION).
+        self.outbox_take = (
+            f"UPDATE {s}.meta SET value = value + $1 WHERE name = 'outbox_seq' RETURNING value - $1"
+        )
+        self.store_id = f"SELECT value FROM {s}.meta WHERE name = 'store_id'"
+        self.add_outbox = (
+            f"INSERT INTO {s}.outbox "
+            "(seq, id, account_id, key_id, action, day, requests, calls, credits, time) "
+            "SELECT $1::bigint + t.n, $2::text || ($1::bigint + t.n), "
+            "t.a, t.k, t.ac, t.d, t.r, t.c, t.cr, $3 "
+            "FROM unnest($4::text[], $5::text[], $6::text[], $7::text[], $8::bigint[], "
+            "$9::bigint[], $10::bigint[]) WITH ORDINALITY AS t(a, k, ac, d, r, c, cr, n)"
+        )
+        self.rollups = (
+            f"SELECT {ROLLUP_SELECT} FROM {s}.usage_daily WHERE day BETWEEN $1 AND $2 "
+            "AND ($3::text IS NULL OR account_id = $3) AND ($4::text IS NULL OR key_id = $4) "
+            "ORDER BY day, account_id, key_id, action"
         )
         self.set_label = (
             f"INSERT INTO {s}.actions (action, label) VALUES ($1, $2) "

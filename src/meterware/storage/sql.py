@@ -10,13 +10,15 @@ from typing import Any
 
 from meterware.clock import day_of, midnight, month_period
 from meterware.keys import Account, ApiKey
-from meterware.storage.records import Rollup, Snapshot
+from meterware.storage.records import OUTCOME_FIELDS, BalanceDraw, CreditGrant, Rollup, Snapshot
 
 __all__ = [
     "ACCOUNT_COLUMNS",
     "KEY_COLUMNS",
     "LIVE_KEYS",
+    "ROLLUP_SELECT",
     "STORED_KEY_COLUMNS",
+    "V1_ROLLUP_COLUMNS",
     "dump_queries",
     "key_select",
     "key_values",
@@ -42,6 +44,12 @@ LIVE_KEYS = (
 )
 """How many live keys an account has (format: prefix, account and time parameters)."""
 
+ROLLUP_SELECT = ", ".join((
+    "account_id", "key_id", "action", "day", "calls", "credits", "requests", "last_used_at",
+    *OUTCOME_FIELDS,
+))  # fmt: skip
+"""A `Rollup`'s columns in order: `Rollup(*row)`."""
+
 ACCOUNT_COLUMNS = ("id", "created_at", "tier", "name", "external_id", "stripe_customer_id")
 """An `Account`'s fields in order: `Account(*row)` for a row of these columns."""
 
@@ -64,14 +72,16 @@ def key_values(key: ApiKey) -> tuple[Any, ...]:
 
 def dump_queries(prefix: str) -> dict[str, str]:
     """One SELECT per table; `prefix` is put before each table name (`""`, `"schema".`)."""
-    rollup_columns = "account_id, key_id, action, day, calls, credits, requests, last_used_at"
     return {
         "accounts": f"SELECT {', '.join(ACCOUNT_COLUMNS)} FROM {prefix}accounts",
         "keys": f"SELECT {', '.join(STORED_KEY_COLUMNS)} FROM {prefix}keys",
         "secrets": f"SELECT hash, key_id, expires_at FROM {prefix}key_secrets",
         "counters": f"SELECT counter, window_end, count FROM {prefix}windows",
-        "rollups": f"SELECT {rollup_columns} FROM {prefix}usage_daily",
+        "rollups": f"SELECT {ROLLUP_SELECT} FROM {prefix}usage_daily",
         "labels": f"SELECT action, label FROM {prefix}actions",
+        "grants": f"SELECT account_id, grant_id, amount, granted_at, expires_at "
+        f"FROM {prefix}grants",
+        "draws": f"SELECT account_id, grant_id, action, day, credits FROM {prefix}balance_daily",
     }
 
 
@@ -85,10 +95,15 @@ def snapshot_of(tables: dict[str, list[Sequence[Any]]]) -> Snapshot:
     snap.secrets = {str(r[0]): (str(r[1]), r[2]) for r in tables["secrets"]}
     snap.counters = {str(r[0]): (float(r[1]), int(r[2])) for r in tables["counters"]}
     for r in tables["rollups"]:
-        rollup = Rollup(str(r[0]), str(r[1]), str(r[2]), str(r[3]), int(r[4]), int(r[5]))
-        rollup.requests, rollup.last_used_at = int(r[6]), r[7]
+        rollup = Rollup(*r)
         snap.rollups[(rollup.account_id, rollup.key_id, rollup.action, rollup.day)] = rollup
     snap.labels = {str(r[0]): str(r[1]) for r in tables["labels"]}
+    for r in tables["grants"]:
+        grant = CreditGrant(*r)
+        snap.grants[(grant.account_id, grant.grant_id)] = grant
+    for r in tables["draws"]:
+        draw = BalanceDraw(*r)
+        snap.draws[(draw.account_id, draw.grant_id, draw.day, draw.action)] = draw
     return snap
 
 
@@ -150,6 +165,12 @@ def v1_to_v2(
             day = min(day, day_of(began) - timedelta(days=1))
             rollups.append(_before(key.account_id, key.id, day, rest, key.last_used_at))
     return rollups, windows
+
+
+V1_ROLLUP_COLUMNS = (
+    "account_id", "key_id", "day", "action", "calls", "credits", "requests", "last_used_at"
+)  # fmt: skip
+"""The rollup columns schema 2 has: what the step from schema 1 writes."""
 
 
 def _before(account_id: str, key_id: str, day: date, requests: int, last: float | None) -> Rollup:

@@ -32,9 +32,13 @@ from meterware.storage.base import (
     retiring,
 )
 from meterware.storage.records import (
+    BalanceDraw,
     Claim,
+    CreditGrant,
     Grant,
     KeyTotals,
+    Notice,
+    OutboxEvent,
     Rollup,
     Snapshot,
     UsageBatch,
@@ -43,7 +47,9 @@ from meterware.storage.records import (
 from meterware.storage.sql import (
     ACCOUNT_COLUMNS,
     LIVE_KEYS,
+    ROLLUP_SELECT,
     STORED_KEY_COLUMNS,
+    V1_ROLLUP_COLUMNS,
     V1Key,
     dump_queries,
     key_select,
@@ -53,6 +59,8 @@ from meterware.storage.sql import (
     v2_to_v3,
 )
 from meterware.storage.sqlite_sql import (
+    ADD_DRAWS,
+    ADD_OUTBOX,
     ADD_ROLLUPS,
     CHUNK,
     DROP_V1,
@@ -67,8 +75,11 @@ from meterware.storage.sqlite_sql import (
     TOTALS,
     V1_COUNTERS,
     V1_KEYS,
+    V4,
     WINDOWS,
     claim_row,
+    draw_row,
+    outbox_row,
     rollup_row,
 )
 
@@ -150,6 +161,8 @@ class SQLiteStorage(Storage, Transferable):
         self._db = db
         self._opened = True
         self._file = _identity(self.path)
+        (store_id,) = await self._one("SELECT value FROM meta WHERE name = 'store_id'")
+        self._store_id = f"{int(store_id):08x}"
         if writable is not None:
             if not self._unwritable:  # once per spell, not at each reopen
                 log.warning(
@@ -180,6 +193,9 @@ class SQLiteStorage(Storage, Transferable):
                 await self._from_v1(db)
             if version in (1, 2):
                 await self._from_v2(db)
+            if version <= 3:
+                for statement in V4:
+                    await db.execute(statement)
             await db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
             await db.execute("COMMIT")
         except BaseException:
@@ -193,7 +209,11 @@ class SQLiteStorage(Storage, Transferable):
         keys = [V1Key(*row) for row in await db.execute_fetchall(V1_KEYS)]
         counters = [tuple(row) for row in await db.execute_fetchall(V1_COUNTERS)]
         rollups, windows = v1_to_v2(keys, counters, time.time())
-        await db.execute(ADD_ROLLUPS, (json.dumps([rollup_row(r) for r in rollups]),))
+        await db.executemany(
+            f"INSERT INTO usage_daily ({', '.join(V1_ROLLUP_COLUMNS)}) VALUES "
+            f"({', '.join('?' * len(V1_ROLLUP_COLUMNS))})",
+            [tuple(getattr(r, c) for c in V1_ROLLUP_COLUMNS) for r in rollups],
+        )
         await db.executemany(
             "INSERT INTO windows (counter, window_end, count) VALUES (?, ?, ?)", windows
         )
@@ -419,6 +439,13 @@ class SQLiteStorage(Storage, Transferable):
         async with self._write, self._transaction():
             await self._write_rows(ADD_ROLLUPS, batch.rollups, rollup_row)
             await self._write_rows(SET_LABELS, list(batch.labels.items()), tuple)
+            await self._write_rows(ADD_DRAWS, batch.draws, draw_row)
+            if batch.outbox:
+                events = [r for r in batch.rollups if r.requests or r.calls or r.credits]
+                for start in range(0, len(events), CHUNK):
+                    (last,) = await self._one("SELECT coalesce(max(seq), 0) FROM outbox")
+                    rows = json.dumps([outbox_row(r) for r in events[start : start + CHUNK]])
+                    await self.db.execute(ADD_OUTBOX, (rows, last, self._store_id, batch.time))
 
     async def _write_rows(
         self, statement: str, items: Sequence[Any], row: Callable[[Any], tuple[Any, ...]]
@@ -479,8 +506,7 @@ class SQLiteStorage(Storage, Transferable):
         last_day: str = LAST_DAY,
     ) -> list[Rollup]:
         rows = await self._all(
-            "SELECT account_id, key_id, action, day, calls, credits, requests, last_used_at "
-            "FROM usage_daily WHERE day BETWEEN ?1 AND ?2 "
+            f"SELECT {ROLLUP_SELECT} FROM usage_daily WHERE day BETWEEN ?1 AND ?2 "
             "AND (?3 IS NULL OR account_id = ?3) AND (?4 IS NULL OR key_id = ?4) "
             "ORDER BY day, account_id, key_id, action",
             (first_day, last_day, account_id, key_id),
@@ -489,6 +515,115 @@ class SQLiteStorage(Storage, Transferable):
 
     async def labels(self) -> dict[str, str]:
         return {r[0]: r[1] for r in await self._all("SELECT action, label FROM actions")}
+
+    # -- prepaid credits ---------------------------------------------------------------
+
+    async def add_grant(self, grant: CreditGrant) -> bool:
+        async with self._write:
+            cur = await self.db.execute(
+                "INSERT OR IGNORE INTO grants (account_id, grant_id, amount, granted_at, "
+                "expires_at) VALUES (?, ?, ?, ?, ?)",
+                (grant.account_id, grant.grant_id, grant.amount, grant.granted_at,
+                 grant.expires_at),
+            )  # fmt: skip
+            return cur.rowcount == 1
+
+    async def grants(self, account_id: str) -> list[CreditGrant]:
+        rows = await self._all(
+            "SELECT account_id, grant_id, amount, granted_at, expires_at FROM grants "
+            "WHERE account_id = ? ORDER BY expires_at IS NULL, expires_at, granted_at, grant_id",
+            (account_id,),
+        )
+        return [CreditGrant(*r) for r in rows]
+
+    async def balance_draws(
+        self, account_id: str, *, first_day: str = FIRST_DAY, last_day: str = LAST_DAY
+    ) -> list[BalanceDraw]:
+        rows = await self._all(
+            "SELECT account_id, grant_id, action, day, credits FROM balance_daily "
+            "WHERE account_id = ? AND day BETWEEN ? AND ? ORDER BY day, action, grant_id",
+            (account_id, first_day, last_day),
+        )
+        return [BalanceDraw(*r) for r in rows]
+
+    # -- export and notices ------------------------------------------------------------
+
+    async def outbox_after(self, seq: int, limit: int) -> list[OutboxEvent]:
+        rows = await self._all(
+            "SELECT seq, id, account_id, key_id, action, day, requests, calls, credits, time "
+            "FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [OutboxEvent(*r) for r in rows]
+
+    async def outbox_seq_before(self, time: float) -> int:
+        row = await self._one("SELECT coalesce(max(seq), 0) FROM outbox WHERE time < ?", (time,))
+        return int(row[0])
+
+    async def cursor(self, name: str) -> int | None:
+        row = await self._one("SELECT position FROM cursors WHERE name = ?", (name,))
+        return None if row is None else int(row[0])
+
+    async def advance_cursor(
+        self,
+        name: str,
+        position: int,
+        *,
+        rejected: Sequence[tuple[int, str, str]] = (),
+        now: float = 0.0,
+    ) -> None:
+        async with self._write, self._transaction():
+            await self.db.executemany(
+                "INSERT OR IGNORE INTO rejections (name, seq, id, reason, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                [(name, seq, id_, why, now) for seq, id_, why in rejected],
+            )
+            await self.db.execute(
+                "INSERT INTO cursors (name, position) VALUES (?1, ?2) ON CONFLICT (name) "
+                "DO UPDATE SET position = max(position, excluded.position)",
+                (name, position),
+            )
+
+    async def rejections(self, name: str) -> list[tuple[int, str, str, float]]:
+        rows = await self._all(
+            "SELECT seq, id, reason, at FROM rejections WHERE name = ? ORDER BY seq", (name,)
+        )
+        return [(int(r[0]), str(r[1]), str(r[2]), float(r[3])) for r in rows]
+
+    async def take_lease(self, name: str, owner: str, *, now: float, ttl: float) -> bool:
+        async with self._write:
+            row = await self._one(
+                "INSERT INTO leases (name, owner, until) VALUES (?1, ?2, ?3 + ?4) "
+                "ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, until = excluded.until "
+                "WHERE leases.owner = excluded.owner OR leases.until <= ?3 RETURNING owner",
+                (name, owner, now, ttl),
+            )
+        return row is not None
+
+    async def release_lease(self, name: str, owner: str) -> None:
+        async with self._write:
+            await self.db.execute("DELETE FROM leases WHERE name = ? AND owner = ?", (name, owner))
+
+    async def add_notice(self, notice: Notice) -> bool:
+        # One statement: numbered on from the last, unless its id is there (INSERT OR
+        # IGNORE would use up a number even when it inserts nothing).
+        async with self._write:
+            cur = await self.db.execute(
+                "INSERT INTO notices (seq, id, type, account_id, key_id, data, created_at) "
+                "SELECT (SELECT coalesce(max(seq), 0) + 1 FROM notices), ?1, ?2, ?3, ?4, ?5, ?6 "
+                "WHERE NOT EXISTS (SELECT 1 FROM notices WHERE id = ?1)",
+                (notice.id, notice.type, notice.account_id, notice.key_id,
+                 json.dumps(dict(notice.data)), notice.created_at),
+            )  # fmt: skip
+            return cur.rowcount == 1
+
+    async def notices_after(self, seq: int, limit: int) -> list[Notice]:
+        rows = await self._all(
+            "SELECT id, type, account_id, key_id, data, created_at, seq FROM notices "
+            "WHERE seq > ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        )
+        return [Notice(r[0], r[1], r[2], r[3], json.loads(r[4]), r[5], r[6]) for r in rows]
 
     # -- Transferable ------------------------------------------------------------------
 

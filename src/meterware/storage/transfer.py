@@ -10,14 +10,17 @@ only:
   order of their end, each with `retire_old_at` = the end of the secret added before it.
   `add_secret` lowers the other secrets' ends to `min(end, retire_old_at)`, so this order
   rebuilds every secret's end exactly, the current one (no end) last;
-- `record(UsageBatch(...))` for rollups (from which every total and last use is summed)
-  and action labels;
+- `record(UsageBatch(...))` for rollups (from which every total and last use is summed),
+  action labels and what prepaid grants paid for; `add_grant` for the grants;
 - `reserve` for the counters' live windows (with no limit: each gets its count back).
 
 What is copied: accounts, keys with every field, every secret hash with its end (those in
 a rotation grace period, and expired ones, which stay inert), the counters' live windows
-(ended ones are nothing to carry), daily rollups (so lifetime totals and last use), and
-action labels. Nothing else exists in a store.
+(ended ones are nothing to carry), daily rollups (so lifetime totals, last use and
+refusals), action labels, prepaid grants and what they paid for. Not copied: the usage
+outbox, the exporters' and webhook senders' places in it, and notices (export and
+deliver what is pending from the source first: event ids name their store, so events
+copied to another would be new events to a billing system).
 
 Rules:
 
@@ -131,6 +134,10 @@ def _plan(
             f"{len(clashing)} keys exist in both stores (e.g. {clashing[0]}): a key can be "
             "merged only into a store that does not have it"
         )
+    if any(dest.grants.get(k, grant) != grant for k, grant in src.grants.items()):
+        raise TransferError(
+            "a grant id exists in both stores with other values: nothing was copied"
+        )
     if set(src.secrets) & set(dest.secrets):
         raise TransferError("some secret hashes exist in both stores: nothing was copied")
     plans: dict[str, list[tuple[str, float | None]]] = {key_id: [] for key_id in src.keys}
@@ -169,7 +176,12 @@ async def _write(
             assert end is not None  # only the last secret has no end
             await dest.add_secret(key.id, hash_, retire_old_at=end)
             end = next_end
+    for _, grant in sorted(src.grants.items()):
+        await dest.add_grant(grant)
     rollups = [src.rollups[k] for k in sorted(src.rollups)]
+    draws = [src.draws[k] for k in sorted(src.draws)]
+    if draws:
+        await dest.record(UsageBatch(draws=draws))
     labels = {a: label for a, label in src.labels.items() if a not in before.labels}
     for start in range(0, max(1, len(rollups)), BATCH):
         batch = UsageBatch(
@@ -197,7 +209,14 @@ def _combine(before: Snapshot, src: Snapshot, now: float) -> Snapshot:
         counters=dict(before.counters),
         rollups={k: dataclasses.replace(r) for k, r in before.rollups.items()},
         labels={**src.labels, **before.labels},
+        grants={**src.grants, **before.grants},
+        draws={k: dataclasses.replace(d) for k, d in before.draws.items()},
     )
+    for k, draw in src.draws.items():
+        if k in out.draws:
+            out.draws[k].credits += draw.credits
+        else:
+            out.draws[k] = dataclasses.replace(draw)
     for name, (end, count) in _live(src, now).items():
         window = out.counters.get(name)
         live = window is not None and window[0] > now
@@ -212,7 +231,8 @@ def _combine(before: Snapshot, src: Snapshot, now: float) -> Snapshot:
 
 def _compare(expected: Snapshot, actual: Snapshot) -> list[str]:
     problems = []
-    for part in ("accounts", "keys", "secrets", "counters", "rollups", "labels"):
+    parts = ("accounts", "keys", "secrets", "counters", "rollups", "labels", "grants", "draws")
+    for part in parts:
         want, got = getattr(expected, part), getattr(actual, part)
         if want != got:
             missing = [k for k in want if want.get(k) != got.get(k)]
