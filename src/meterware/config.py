@@ -54,6 +54,11 @@ def env(name: str) -> str | None:
     return os.environ.get(f"METERWARE_{name}") or None
 
 
+def flag(name: str) -> bool:
+    """Whether `METERWARE_<name>` is set to something other than empty, 0, false, no, off."""
+    return (env(name) or "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def storage_url(given: str | None = None) -> str:
     """The store's URL: `given`, else `METERWARE_STORAGE`, else the SQLite default."""
     return given or env("STORAGE") or DEFAULT_STORAGE
@@ -106,6 +111,7 @@ class Settings:
     fail_open: frozenset[str] = frozenset({"rate_limit"})
     storage_timeout: float = 1.0
     probe_interval: float = 1.0
+    outbox: bool = False
 
     @property
     def background_timeout(self) -> float:
@@ -140,6 +146,7 @@ class Settings:
         fail_open: bool | Collection[str] = ("rate_limit",),
         storage_timeout: float = 1.0,
         probe_interval: float = 1.0,
+        outbox: bool | None = None,
     ) -> Settings:
         """Settings from the middleware's keyword options, with the environment's
         fallbacks; a `ConfigurationError` names the first option that cannot be used."""
@@ -205,6 +212,7 @@ class Settings:
             fail_open=_concerns(fail_open),
             storage_timeout=storage_timeout,
             probe_interval=probe_interval,
+            outbox=outbox if outbox is not None else flag("OUTBOX"),
         )
 
 

@@ -14,13 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from meterware.clock import day_of, midnight
 from meterware.errors import StorageUnavailable
 from meterware.metering import Cost
 from meterware.storage.base import Storage
-from meterware.storage.records import Rollup, UsageBatch
+from meterware.storage.records import BalanceDraw, Rollup, UsageBatch
 
 __all__ = ["Meter"]
 
@@ -45,6 +46,8 @@ class Meter:
         on_take: Callable[[], None] = lambda: None,
         on_written: Callable[[], None] = lambda: None,
         timeout: float = 10.0,
+        outbox: bool = False,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
         self.flush_interval = flush_interval
@@ -53,7 +56,10 @@ class Meter:
         self.on_take = on_take
         self.on_written = on_written
         self.timeout = timeout
+        self.outbox = outbox
+        self.clock = clock
         self._rollups: dict[tuple[str, str, str, str], Rollup] = {}
+        self._draws: dict[tuple[str, str, str, str], BalanceDraw] = {}
         self._labels: dict[str, str] = {}
         self._events = 0
         self._dropped = 0
@@ -76,17 +82,19 @@ class Meter:
             self._day_end = midnight(day) + 86400
         return self._day
 
-    def _rollup(self, account_id: str, key_id: str | None, cost: Cost, now: float) -> Rollup | None:
+    def _rollup(
+        self, account_id: str, key_id: str | None, action: str, now: float
+    ) -> Rollup | None:
         """The pending rollup of this key, action and day (new if need be; None when the
         buffer is full)."""
         day = self._today(now)
-        rollup = self._rollups.get((account_id, key_id or "", cost.action, day))
+        rollup = self._rollups.get((account_id, key_id or "", action, day))
         if rollup is None:
             if len(self._rollups) >= self.max_pending:
                 self._drop()
                 return None
-            rollup = Rollup(account_id, key_id or "", cost.action, day, 0, 0)
-            self._rollups[(account_id, key_id or "", cost.action, day)] = rollup
+            rollup = Rollup(account_id, key_id or "", action, day, 0, 0)
+            self._rollups[(account_id, key_id or "", action, day)] = rollup
         return rollup
 
     def admitted(self, account_id: str, key_id: str | None, cost: Cost, now: float) -> None:
@@ -96,7 +104,7 @@ class Meter:
         self._events += 1
         if self._events >= self.flush_batch:
             self._wakeup.set()
-        rollup = self._rollup(account_id, key_id, cost, now)
+        rollup = self._rollup(account_id, key_id, cost.action, now)
         if rollup is not None:
             rollup.requests += 1
             if rollup.last_used_at is None or now > rollup.last_used_at:
@@ -106,11 +114,30 @@ class Meter:
         self, account_id: str, key_id: str | None, cost: Cost, credits: int, now: float
     ) -> None:
         """Record a successful call, admitted at `now`, that cost `credits` (> 0)."""
-        rollup = self._rollup(account_id, key_id, cost, now)
+        rollup = self._rollup(account_id, key_id, cost.action, now)
         if rollup is not None:
             rollup.calls += 1
             rollup.credits += credits
             self._labels[cost.action] = cost.label  # the credits report shows it
+
+    def refused(
+        self, account_id: str, key_id: str | None, action: str, outcome: str, now: float
+    ) -> None:
+        """Count a request refused (or admitted while a check failed open) under `action`,
+        by `outcome`: one of `OUTCOME_FIELDS`."""
+        rollup = self._rollup(account_id, key_id, action, now)
+        if rollup is not None:
+            setattr(rollup, outcome, getattr(rollup, outcome) + 1)
+
+    def drew(self, account_id: str, grant_id: str, action: str, credits: int, now: float) -> None:
+        """Record credits a prepaid grant paid for (negative: given back)."""
+        day = self._today(now)
+        draw = self._draws.get((account_id, grant_id, day, action))
+        if draw is None:
+            draw = self._draws[(account_id, grant_id, day, action)] = BalanceDraw(
+                account_id, grant_id, action, day, 0
+            )
+        draw.credits += credits
 
     def _drop(self) -> None:
         if self._dropped == 0:
@@ -122,8 +149,14 @@ class Meter:
 
     def _take(self) -> UsageBatch:
         self.on_take()
-        batch = UsageBatch(rollups=list(self._rollups.values()), labels=self._labels)
-        self._rollups, self._labels = {}, {}
+        batch = UsageBatch(
+            rollups=list(self._rollups.values()),
+            labels=self._labels,
+            draws=[d for d in self._draws.values() if d.credits],
+            outbox=self.outbox,
+            time=self.clock(),
+        )
+        self._rollups, self._labels, self._draws = {}, {}, {}
         self._events = 0
         return batch
 
@@ -136,6 +169,12 @@ class Meter:
                 rollup.add(r)
         for action, label in batch.labels.items():
             self._labels.setdefault(action, label)
+        for d in batch.draws:
+            draw = self._draws.get((d.account_id, d.grant_id, d.day, d.action))
+            if draw is None:
+                self._draws[(d.account_id, d.grant_id, d.day, d.action)] = d
+            else:
+                draw.credits += d.credits
 
     async def flush(self, after: Callable[[], Awaitable[None]] | None = None) -> bool:
         """Write what is pending in one transaction; on failure keep it and return False.

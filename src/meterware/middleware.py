@@ -83,6 +83,7 @@ class MeterwareMiddleware:
         fail_open: bool | Collection[str] = ("rate_limit",),
         storage_timeout: float = 1.0,
         probe_interval: float = 1.0,
+        outbox: bool | None = None,
         clock: Clock = system_clock,
     ) -> None:
         self.app = app
@@ -96,6 +97,7 @@ class MeterwareMiddleware:
             usage_format=usage_format, flush_interval=flush_interval, flush_batch=flush_batch,
             max_pending=max_pending, quota_block=quota_block, lease_idle=lease_idle,
             fail_open=fail_open, storage_timeout=storage_timeout, probe_interval=probe_interval,
+            outbox=outbox,
         )  # fmt: skip
         self.runtime = Runtime(
             settings,

@@ -95,6 +95,8 @@ class Runtime:
             on_take=self.views.mark,
             on_written=self._ledger_written,
             timeout=settings.background_timeout,
+            outbox=settings.outbox,
+            clock=clock,
         )
         self.leases = Leases(guarded, max_block=settings.quota_block)
         windows = window_store(settings.rate_limit_storage, self.store)

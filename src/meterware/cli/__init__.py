@@ -35,7 +35,7 @@ import time
 from typing import Any
 
 from meterware.admin import Admin
-from meterware.cli import accounts, copy, keys, tiers, usage
+from meterware.cli import accounts, copy, export, keys, tiers, usage
 from meterware.cli.args import Parser, UsageError, store_options
 from meterware.cli.output import fail
 from meterware.errors import InvalidValue, MeterwareError
@@ -82,6 +82,7 @@ def parser() -> argparse.ArgumentParser:
     keys.register(commands, common)
     accounts.register(commands, common)
     usage.register(commands, common)
+    export.register(commands, common)
     tiers.register(commands, common)
     copy.register(commands)
     return top
