@@ -26,7 +26,8 @@ import pytest
 from meterware import Admin, Conflict, InvalidValue, MeterwareError, NotFound
 from meterware.keys import SecretHasher
 from meterware.storage import Rollup, UsageBatch, storage_from_url
-from meterware.views import account_json, key_json
+from meterware.storage.records import BalanceDraw
+from meterware.views import account_json, iso, key_json
 from tests.backends import PostgresBackend, require_postgres
 from tests.servers import Uvicorn
 
@@ -51,6 +52,11 @@ class Place:
     async def record(self, *rollups: Rollup) -> None:
         async with storage_from_url(self.url) as store:
             await store.record(UsageBatch(rollups=rollups))
+
+    async def record_draws(self, account: str, *draws: tuple[str, str, str, int]) -> None:
+        async with storage_from_url(self.url) as store:
+            batch = [BalanceDraw(account, grant, action, day, n) for grant, action, day, n in draws]
+            await store.record(UsageBatch(draws=batch))
 
     async def find(self, secret: str) -> Any:
         async with storage_from_url(self.url) as store:
@@ -115,6 +121,13 @@ class PythonFace(Face):
                 return key_json(key, now), secret
             if op == "usage":
                 return (await admin.usage(**kwargs)).as_dict()
+            if op == "grant_credits":
+                grant, added = await admin.grant_credits(*args, **kwargs)
+                balance = await admin.credits(grant.account_id)
+                line = next(g for g in balance.grants if g.grant.grant_id == grant.grant_id)
+                return {"grant": line.as_dict(), "added": added, "balance": balance.balance}
+            if op == "credits":
+                return (await admin.credits(*args)).as_dict()
             if op == "list_keys":
                 return [key_json(k, now) for k in await admin.list_keys(*args)]
             found = await getattr(admin, op)(*args, **kwargs)
@@ -157,6 +170,13 @@ class HttpFace(Face):
             return "POST", f"/keys/{args[0]}/revoke", None
         if op == "rotate_key":
             return "POST", f"/keys/{args[0]}/rotate", {"grace_seconds": kwargs.get("grace", 0)}
+        if op == "grant_credits":
+            body = {"amount": args[1], **kwargs}
+            if "expires_at" in body:
+                body["expires_at"] = iso(body["expires_at"])
+            return "POST", f"/accounts/{args[0]}/credits", body
+        if op == "credits":
+            return "GET", f"/accounts/{args[0]}/credits", None
         if op == "usage":
             names = {"account_id": "account", "key_id": "key", "first_day": "from",
                      "last_day": "to", "by": "by"}  # fmt: skip
@@ -179,7 +199,7 @@ class HttpFace(Face):
             return data["key"], data["secret"]
         if op == "list_keys":
             return data["keys"]
-        if op == "usage":
+        if op in ("usage", "grant_credits", "credits"):
             return data
         return data["key"] if op.endswith("_key") else data["account"]
 
@@ -230,6 +250,13 @@ class CliFace(Face):
             return ["keys", "rotate", args[0], "--grace", str(kwargs.get("grace", 0))]
         if op == "usage":
             return ["usage", *options(**kwargs)]
+        if op == "grant_credits":
+            extra = ["--id", kwargs["grant_id"]] if "grant_id" in kwargs else []
+            if "expires_at" in kwargs:
+                extra += ["--expires-in", str((kwargs["expires_at"] - time.time()) / 86400)]
+            return ["credits", "grant", args[0], str(args[1]), *extra]
+        if op == "credits":
+            return ["credits", "show", args[0]]
         raise AssertionError(op)
 
     def _run(self, argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -371,3 +398,30 @@ async def test_owner_side_usage(face: Face, place: Place) -> None:
     assert one["total"] == {"requests": 13, "calls": 13, "credits": 130}
     assert await face.error("usage", account_id=account, first_day="2026-05-01",
                             last_day="2026-04-01") == "invalid"  # fmt: skip
+
+
+@pytest.mark.slow
+async def test_prepaid_credits(face: Face, place: Place) -> None:
+    """Credits granted (once per grant id, with or without expiry), shown with what each
+    grant paid for and the movements that explain the balance."""
+    key, _ = await face.call("create_key", name="buyer")
+    account = key["account"]
+    week = time.time() + 7 * 86400
+    first = await face.call("grant_credits", account, 300, grant_id="order-1")
+    again = await face.call("grant_credits", account, 300, grant_id="order-1")
+    trial = await face.call("grant_credits", account, 50, grant_id="trial", expires_at=week)
+    assert (first["added"], again["added"], trial["added"]) == (True, False, True)
+    assert (first["balance"], trial["balance"]) == (300, 350)
+    assert trial["grant"]["expires_at"] is not None
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    await place.record_draws(
+        account, ("trial", "search", today, 20), ("order-1", "image", today, 5)
+    )
+    shown = await face.call("credits", account)
+    assert shown["balance"] == 325
+    assert [(g["grant_id"], g["used"], g["remaining"], g["state"]) for g in shown["grants"]] == [
+        ("trial", 20, 30, "active"), ("order-1", 5, 295, "active")]  # fmt: skip
+    assert sum(m["credits"] for m in shown["movements"]) == 325
+    assert await face.error("grant_credits", account, 100, grant_id="order-1") == "conflict"
+    assert await face.error("grant_credits", account, 0) == "invalid"
+    assert await face.error("grant_credits", "acct_nobody_here", 10) == "not_found"

@@ -234,6 +234,26 @@ async def rotate_key(r: Request) -> tuple[int, Any]:
     }
 
 
+async def grant_credits(r: Request) -> tuple[int, Any]:
+    body = r.body.only(("amount", "expires_at", "grant_id"))
+    amount = body.count("amount", nullable=False)
+    if unset(amount):
+        raise InvalidValue("amount is required")
+    expires_at, grant_id = body.time("expires_at"), body.text("grant_id")
+    grant, added = await r.context.grant_credits(
+        r.params["account_id"], amount, expires_at=None if unset(expires_at) else expires_at,
+        grant_id=None if unset(grant_id) else grant_id,
+    )  # fmt: skip
+    balance = await r.context.credits(grant.account_id)
+    granted = next(g for g in balance.grants if g.grant.grant_id == grant.grant_id)
+    data = {"grant": granted.as_dict(), "added": added, "balance": balance.balance}
+    return (201 if added else 200), data
+
+
+async def credits(r: Request) -> tuple[int, Any]:
+    return 200, (await r.context.credits(r.params["account_id"])).as_dict()
+
+
 async def usage(r: Request) -> tuple[int, Any]:
     query = r.query
     unknown = set(query) - {"account", "key", "from", "to", "by"}
@@ -261,6 +281,13 @@ ROUTES = (
     JsonRoute("PATCH", "/accounts/{account_id}", update_account, "Change an account",
               body=_ACCOUNT),
     JsonRoute("GET", "/accounts/{account_id}/keys", list_keys, "An account's keys"),
+    JsonRoute("GET", "/accounts/{account_id}/credits", credits,
+              "An account's prepaid balance, grants and movements"),
+    JsonRoute("POST", "/accounts/{account_id}/credits", grant_credits,
+              "Grant prepaid credits (idempotent by grant_id)",
+              body={"amount": {"type": "integer", "minimum": 1}, "expires_at": _TIME,
+                    "grant_id": _S},
+              required=("amount",), status=201),
     JsonRoute("GET", "/keys", list_keys, "List keys", query=("account",)),
     JsonRoute("POST", "/keys", create_key, "Create a key; its secret, shown once",
               body={"name": _S, "account_id": _S, "tier": _S_NULL,

@@ -19,7 +19,7 @@ warning is logged once per outage.
 from __future__ import annotations
 
 import logging
-from collections.abc import Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -33,16 +33,19 @@ from meterware.ledger import Meter
 from meterware.metering import Cost
 from meterware.reported import MonthView, MonthViews, Subject
 from meterware.responses import Denial, HeaderParts, Headers, RateLimitHeaders, retry_after
+from meterware.storage.records import CreditGrant
 from meterware.tiers import Limits
 from meterware.windows import WINDOW
 
-__all__ = ["Admission", "Hold", "Outages", "Plan"]
+__all__ = ["Admission", "Draw", "Hold", "Outages", "Plan"]
 
 log = logging.getLogger("meterware")
 
 MINUTE_SHARE = 1 / 40  # of a per-minute limit, the most one block may be
 MONTH_SHARE = 1 / 100  # of a monthly limit (what a crash may cost)
 MINUTE_IDLE = 5.0  # seconds an idle process keeps units of a minute window
+GRANT_SHARE = 1 / 100  # of a prepaid grant (what a crash may strand)
+FOREVER = 253_402_300_800.0  # 10000-01-01: the window of a grant that never expires
 
 
 class Plan:
@@ -50,8 +53,8 @@ class Plan:
     the names of its counters, its current billing period and month view."""
 
     __slots__ = (
-        "caller", "credits", "header_parts", "limits", "minute", "month", "needs", "period",
-        "subject", "view",
+        "caller", "credits", "grants", "header_parts", "limits", "minute", "month", "needs",
+        "period", "subject", "view",
     )  # fmt: skip
 
     def __init__(self, caller: Caller, limits: Limits, *, limit_by: str, minute_by: str) -> None:
@@ -67,6 +70,9 @@ class Plan:
         self.view: MonthView | None = None
         self.needs: dict[int, Needs] = {}  # by the route's credits, for this period
         self.header_parts: HeaderParts | None = None  # for this period
+        # The account's prepaid grants, read with its first call that costs credits (a
+        # new grant changes the account's keys, so a new plan reads them again).
+        self.grants: list[CreditGrant] | None = None
 
     def period_at(self, now: float) -> MonthPeriod:
         """The billing period containing `now` (recomputed only when the last one ends:
@@ -136,7 +142,9 @@ class Admission:
         fail_open: Collection[str],
         charge: ChargeRule,
         lease_idle: float = 60.0,
+        grants: Callable[[str], Awaitable[list[CreditGrant]]] | None = None,
     ) -> None:
+        self.load_grants = grants
         self.minutes = minutes
         self.leases = leases
         self.meter = meter
@@ -187,16 +195,22 @@ class Admission:
 
     async def admit(self, plan: Plan, cost: Cost, now: float) -> Hold | Denial:
         """Admit a request to a route that costs `cost`: a `Hold`, or a `Denial`."""
+        credits = cost.credits
+        if credits and plan.grants is None and self.load_grants is not None:
+            failed = await self._read_grants(plan)
+            if failed is not None:
+                return failed
+        prepaid = bool(credits and plan.grants)
         taken: list[tuple[Leases, Want]] = []
-        held = 0
-        for concern, leases, want, also in self._needs(plan, cost.credits, now):
+        draws: tuple[Draw, ...] = ()
+        for concern, leases, want, also in self._needs(plan, 0 if prepaid else credits, now):
             # (units at hand are taken without a coroutine: most requests need no other)
             got = leases.hand_out(want, now, also) or await self._take(
                 concern, leases, want, now, also
             )
             if got is True:
                 if concern == "credits":
-                    held = want.amount
+                    draws = (Draw(want, None, want.amount),)
                 if concern != "rate_limit":  # an attempt always uses its minute
                     taken.append((leases, want))
                 continue
@@ -205,10 +219,73 @@ class Admission:
             for where, back in taken:  # refused, or failed closed: nothing else counts
                 where.give_back(back.counter, back.amount, now)
             return got if isinstance(got, Denial) else self._refused(plan, now, concern)
+        if prepaid:
+            drawn = await self._draw_credits(plan, credits, now)
+            if drawn is None or isinstance(drawn, Denial):
+                for where, back in taken:
+                    where.give_back(back.counter, back.amount, now)
+                return drawn if isinstance(drawn, Denial) else self._refused(plan, now, "credits")
+            draws = drawn
         caller = plan.caller
         self.meter.admitted(caller.account_id, caller.key_id, cost, now)
         (plan.view or self._view(plan, now)).local += 1
-        return Hold(self, plan, cost, held, self.headers(plan, now), now)
+        return Hold(self, plan, cost, draws, self.headers(plan, now), now)
+
+    async def _read_grants(self, plan: Plan) -> Denial | None:
+        """Read the account's grants into the plan; the 503 when the store fails and
+        credits fail closed (failing open, the call is admitted as if it had none)."""
+        assert self.load_grants is not None
+        try:
+            plan.grants = await self.load_grants(plan.caller.account_id)
+        except StorageError as exc:
+            if "credits" not in self.fail_open:
+                return self.unavailable(exc)
+            self.outages.failed("credits", exc, admitting=True)
+        return None
+
+    def _credit_wants(self, plan: Plan, credits: int, now: float) -> list[tuple[Want, str | None]]:
+        """Where a call's credits come from, in order: the month's allowance (if the
+        caller has one), then each live prepaid grant, soonest expiry first."""
+        wants: list[tuple[Want, str | None]] = []
+        if plan.limits.monthly_credits is not None:
+            end = plan.period_at(now).end
+            allowance = Want(plan.credits, credits, plan.limits.monthly_credits, MONTH_SHARE,
+                             self.lease_idle, 0, end)  # fmt: skip
+            wants.append((allowance, None))
+        for grant in plan.grants or ():
+            end = FOREVER if grant.expires_at is None else grant.expires_at
+            if end > now:
+                want = Want(grant.counter, credits, grant.amount, GRANT_SHARE, self.lease_idle,
+                            0, end)  # fmt: skip
+                wants.append((want, grant.grant_id))
+        return wants
+
+    async def _draw_credits(
+        self, plan: Plan, credits: int, now: float
+    ) -> tuple[Draw, ...] | Denial | None:
+        """Take a call's credits from the allowance, then the grants: what each paid, or
+        None when together they cannot (nothing taken), or the 503."""
+        draws: list[Draw] = []
+        rest = credits
+        try:
+            for want, grant_id in self._credit_wants(plan, credits, now):
+                want.amount = rest
+                got = await self.leases.take_upto(want, now)
+                if got:
+                    draws.append(Draw(want, grant_id, got))
+                    rest -= got
+                if not rest:
+                    return tuple(draws)
+        except StorageError as exc:
+            for draw in draws:
+                self.leases.give_back(draw.want.counter, draw.units, now)
+            if "credits" not in self.fail_open:
+                return self.unavailable(exc)
+            self.outages.failed("credits", exc, admitting=True)
+            return ()
+        for draw in draws:
+            self.leases.give_back(draw.want.counter, draw.units, now)
+        return None
 
     async def _take(
         self, concern: str, leases: Leases, want: Want, now: float, also: Sequence[Want]
@@ -271,29 +348,79 @@ class Admission:
 
 
 @dataclass(slots=True)
+class Draw:
+    """Credits one counter paid for a call: the month's allowance (`grant_id` None) or
+    a prepaid grant."""
+
+    want: Want
+    grant_id: str | None
+    units: int
+
+
+@dataclass(slots=True)
 class Hold:
     """What was taken to admit one request; `settle` once the handler is done."""
 
     admission: Admission
     plan: Plan
     cost: Cost
-    held: int  # credits taken from the monthly allowance
+    draws: tuple[Draw, ...]  # the credits taken, and where from
     headers: Headers  # the rate-limit headers of the response
     now: float
 
     def settle(self, status: int | None, credits: int) -> None:
         """Settle the call: `status` is the response's (None when the handler raised or the
         client left first), `credits` what the call costs by now (`set_cost`). Charged
-        only if the charge rule accepts the status. Credits beyond those held are counted
-        in the background (the response is already on its way)."""
+        only if the charge rule accepts the status. Credits held and not charged go back
+        (the last taken first); credits beyond those held are counted in the background
+        (the response is already on its way)."""
         admission, plan, now = self.admission, self.plan, self.now
         charged = credits if status is not None and admission.charge_rule(status) else 0
-        if self.held > charged:
-            admission.leases.give_back(plan.credits, self.held - charged, now)
-        elif charged > self.held and plan.limits.monthly_credits is not None:
-            end = plan.period_at(now).end
-            extra = Want(plan.credits, charged - self.held, 0, MONTH_SHARE, 0.0, 0, end)
-            admission.leases.spawn(admission.leases.force(extra, now), "extra credits")
+        kept = list(self.draws)
+        surplus = sum(d.units for d in kept) - charged
+        while surplus > 0 and kept:  # give back, the last taken first
+            draw = kept[-1]
+            back = min(draw.units, surplus)
+            admission.leases.give_back(draw.want.counter, back, now)
+            surplus -= back
+            kept[-1] = Draw(draw.want, draw.grant_id, draw.units - back)
+            if not kept[-1].units:
+                kept.pop()
+        caller = plan.caller
+        if surplus < 0 and (plan.grants or plan.limits.monthly_credits is not None):
+            admission.leases.spawn(self._draw_more(-surplus), "extra credits")
+        for draw in kept:
+            if draw.grant_id is not None:
+                admission.meter.drew(
+                    caller.account_id, draw.grant_id, self.cost.action, draw.units, now
+                )
         if charged:
-            caller = plan.caller
             admission.meter.charge(caller.account_id, caller.key_id, self.cost, charged, now)
+
+    async def _draw_more(self, credits: int) -> None:
+        """A cost raised at run time: take the difference as a call's credits are taken
+        (allowance, then grants); what none of them has left is counted anyway, on the
+        last of them (the balance, or the allowance, may go below zero by that much)."""
+        admission, plan, now = self.admission, self.plan, self.now
+        wants = admission._credit_wants(plan, credits, now)
+        if not wants:
+            return
+        rest = credits
+        for want, grant_id in wants:
+            want.amount = rest
+            got = await admission.leases.take_upto(want, now)
+            self._record(grant_id, got)
+            rest -= got
+            if not rest:
+                return
+        want, grant_id = wants[-1]
+        want.amount = rest
+        await admission.leases.force(want, now)
+        self._record(grant_id, rest)
+
+    def _record(self, grant_id: str | None, credits: int) -> None:
+        if grant_id is not None and credits:
+            caller = self.plan.caller
+            self.admission.meter.drew(
+                caller.account_id, grant_id, self.cost.action, credits, self.now
+            )

@@ -24,7 +24,7 @@ from typing import Any, Protocol, TypeVar
 
 from meterware.errors import StorageError, StorageUnavailable
 from meterware.keys import ApiKey
-from meterware.storage.records import Claim, Grant
+from meterware.storage.records import Claim, CreditGrant, Grant
 
 __all__ = ["Breaker", "Guarded", "bounded"]
 
@@ -112,6 +112,8 @@ class _Store(Protocol):
 
     async def key_changes(self, since: int) -> tuple[int, list[str]]: ...
 
+    async def grants(self, account_id: str) -> list[CreditGrant]: ...
+
     async def reserve(self, claims: Sequence[Claim], now: float) -> list[Grant]: ...
 
     async def release(self, counter: str, window_end: float, amount: int) -> None: ...
@@ -135,6 +137,9 @@ class Guarded:
 
     async def release(self, counter: str, window_end: float, amount: int) -> None:
         await self.breaker.call(lambda: self.store.release(counter, window_end, amount))
+
+    async def grants(self, account_id: str) -> list[CreditGrant]:
+        return await self.breaker.call(lambda: self.store.grants(account_id))
 
     async def key_changes(self, since: int) -> tuple[int, list[str]]:
         return await bounded(self.store.key_changes(since), self.poll_timeout, "key poll")

@@ -32,6 +32,7 @@ __all__ = [
     "Permission",
     "SecretHasher",
     "new_account_id",
+    "new_grant_id",
     "new_key_id",
     "new_secret",
     "valid_id",
@@ -70,6 +71,11 @@ def new_key_id() -> str:
 def new_account_id() -> str:
     """A new account id, such as `acct_0b1d2e3f4a5b6c7d`."""
     return "acct_" + secrets.token_hex(8)
+
+
+def new_grant_id() -> str:
+    """A new prepaid grant id, such as `grant_9c1d2e3f4a5b6c7d`."""
+    return "grant_" + secrets.token_hex(8)
 
 
 def valid_id(value: str) -> bool:

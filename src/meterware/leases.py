@@ -153,6 +153,31 @@ class Leases:
                 return False  # the store is away, but this window was full when last seen
             raise
 
+    async def take_upto(self, want: Want, now: float) -> int:
+        """Take as many of `want.amount` units as the window has left, up to all of them:
+        how many (from the lease when it has them, else topped up from the store first).
+        Raises `StorageError` when the store fails."""
+        lease = self._leases.get(want.counter)
+        if lease is not None and lease.end > now and lease.limit == want.limit:
+            if lease.free >= want.amount:
+                return self._hand(lease, want.amount, now)
+            if lease.full_until > now:
+                return self._hand(lease, lease.free, now)
+        lease = self._current(want, now)
+        while lease.refill is not None:
+            await asyncio.shield(lease.refill)
+            lease = self._current(want, now)
+        if lease.free < want.amount:
+            await self._reserve([want], now, lease)
+            lease = self._current(want, now)
+        return self._hand(lease, min(lease.free, want.amount), now)
+
+    @staticmethod
+    def _hand(lease: Lease, units: int, now: float) -> int:
+        lease.free -= units
+        lease.touched = now
+        return units
+
     async def _take_from_store(self, want: Want, now: float, also: Sequence[Want]) -> bool:
         lease = self._current(want, now)
         while lease.refill is not None:  # another request is reserving: wait, then look
@@ -284,6 +309,12 @@ class Leases:
                 del self._leases[counter]
             elif lease.touched + lease.idle <= now:
                 await self._return(counter, lease)
+
+    async def drain(self) -> None:
+        """Wait for the background store work under way (refills, releases, extras)."""
+        while self._background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await next(iter(self._background))
 
     async def release_all(self) -> None:
         """Return every unused unit (graceful shutdown); raises `StorageError` after trying

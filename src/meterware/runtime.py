@@ -120,6 +120,7 @@ class Runtime:
             fail_open=settings.fail_open,
             charge=settings.charge,
             lease_idle=settings.lease_idle,
+            grants=guarded.grants,
         )
         self._plans: dict[int, Plan] = {}
         self._started = False

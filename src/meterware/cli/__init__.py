@@ -9,7 +9,10 @@ meterware keys update ID [--name N] [--tier T|none] [--per-minute N|none] ...
 meterware keys revoke ID
 meterware keys rotate ID [--grace SECONDS]
 meterware accounts create|list|show ID|set-tier ID TIER|update ID ...
+meterware credits grant ACCOUNT AMOUNT [--expires-in DAYS] [--id GRANT_ID]
+meterware credits show ACCOUNT
 meterware usage [--account ID | --key ID] [--from DAY] [--to DAY] [--by B] [--csv]
+meterware export --sink stripe|cloudevents|lago|jsonl|csv [--url URL] [--follow] ...
 meterware tiers
 meterware copy SOURCE_URL DEST_URL [--merge]
 ```
@@ -35,7 +38,7 @@ import time
 from typing import Any
 
 from meterware.admin import Admin
-from meterware.cli import accounts, copy, export, keys, tiers, usage
+from meterware.cli import accounts, copy, credits, export, keys, tiers, usage
 from meterware.cli.args import Parser, UsageError, store_options
 from meterware.cli.output import fail
 from meterware.errors import InvalidValue, MeterwareError
@@ -81,6 +84,7 @@ def parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(title="commands", metavar="COMMAND", required=True)
     keys.register(commands, common)
     accounts.register(commands, common)
+    credits.register(commands, common)
     usage.register(commands, common)
     export.register(commands, common)
     tiers.register(commands, common)

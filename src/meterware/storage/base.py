@@ -316,7 +316,8 @@ class Storage(abc.ABC):
     @abc.abstractmethod
     async def add_grant(self, grant: CreditGrant) -> bool:
         """Store a grant unless the account has one with its id; whether it was added
-        (granting the same id twice adds once)."""
+        (granting the same id twice adds once). A new grant is a change of every key of
+        the account: they appear in `key_changes`, so running processes see it."""
 
     @abc.abstractmethod
     async def grants(self, account_id: str) -> list[CreditGrant]:

@@ -258,6 +258,9 @@ class MemoryStorage(Storage, Transferable):
         if (grant.account_id, grant.grant_id) in self._grants:
             return False
         self._grants[(grant.account_id, grant.grant_id)] = grant
+        for key in self._keys.values():
+            if key.account_id == grant.account_id:
+                self._bump(key.id)
         return True
 
     async def grants(self, account_id: str) -> list[CreditGrant]:

@@ -426,12 +426,18 @@ class PostgresStorage(Storage, Transferable):
     # -- prepaid credits ---------------------------------------------------------------
 
     async def add_grant(self, grant: CreditGrant) -> bool:
-        status = await self.pool.execute(
-            f"INSERT INTO {self._q.s}.grants (account_id, grant_id, amount, granted_at, "
-            "expires_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
-            grant.account_id, grant.grant_id, grant.amount, grant.granted_at, grant.expires_at,
-        )  # fmt: skip
-        return bool(status == "INSERT 0 1")
+        async with self.pool.acquire() as conn, conn.transaction():
+            status = await conn.execute(
+                f"INSERT INTO {self._q.s}.grants (account_id, grant_id, amount, granted_at, "
+                "expires_at) VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+                grant.account_id, grant.grant_id, grant.amount, grant.granted_at,
+                grant.expires_at,
+            )  # fmt: skip
+            if status != "INSERT 0 1":
+                return False
+            version = await conn.fetchval(self._q.next_version)
+            await conn.execute(self._q.account_keys_version, grant.account_id, version)
+        return True
 
     async def grants(self, account_id: str) -> list[CreditGrant]:
         rows = await self.pool.fetch(

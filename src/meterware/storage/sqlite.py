@@ -519,14 +519,20 @@ class SQLiteStorage(Storage, Transferable):
     # -- prepaid credits ---------------------------------------------------------------
 
     async def add_grant(self, grant: CreditGrant) -> bool:
-        async with self._write:
+        async with self._write, self._transaction():
             cur = await self.db.execute(
                 "INSERT OR IGNORE INTO grants (account_id, grant_id, amount, granted_at, "
                 "expires_at) VALUES (?, ?, ?, ?, ?)",
                 (grant.account_id, grant.grant_id, grant.amount, grant.granted_at,
                  grant.expires_at),
             )  # fmt: skip
-            return cur.rowcount == 1
+            if cur.rowcount != 1:
+                return False
+            version = await self._next_version()
+            await self.db.execute(
+                "UPDATE keys SET version = ? WHERE account_id = ?", (version, grant.account_id)
+            )
+        return True
 
     async def grants(self, account_id: str) -> list[CreditGrant]:
         rows = await self._all(
