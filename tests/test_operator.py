@@ -387,7 +387,7 @@ async def test_owner_side_usage(face: Face, place: Place) -> None:
     by_day = await face.call("usage", account_id=account, by="day", **span)
     assert [(x["day"], x["calls"], x["credits"]) for x in by_day["lines"]] == [
         ("2026-01-03", 2, 20), ("2026-05-20", 5, 70)]  # fmt: skip
-    assert by_day["total"] == {"requests": 8, "calls": 7, "credits": 90}
+    assert by_day["total"] == {"requests": 8, "calls": 7, "credits": 90, "outcomes": {}}
     assert len(by_day["daily_calls"]) == 181
     by_action = await face.call("usage", account_id=account, by="action", **span)
     assert {x["action"]: x["credits"] for x in by_action["lines"]} == {"image": 30, "search": 60}
@@ -395,7 +395,7 @@ async def test_owner_side_usage(face: Face, place: Place) -> None:
     assert {x["key_id"]: x["calls"] for x in by_key["lines"]} == {key_a["id"]: 3, key_b["id"]: 4}
     one = await face.call("usage", key_id=key_b["id"], by="day", first_day="2026-05-01",
                           last_day="2026-12-31")  # fmt: skip
-    assert one["total"] == {"requests": 13, "calls": 13, "credits": 130}
+    assert one["total"] == {"requests": 13, "calls": 13, "credits": 130, "outcomes": {}}
     assert await face.error("usage", account_id=account, first_day="2026-05-01",
                             last_day="2026-04-01") == "invalid"  # fmt: skip
 

@@ -6,7 +6,8 @@ at `GET /api/v1/usage`, and self-serve keys at `/api/v1/keys`.
 
 Storage comes from `METERWARE_STORAGE` (default `sqlite:///meterware.db`), the per-minute
 limits from `METERWARE_RATE_LIMIT_STORAGE` (default: in process). With
-`METERWARE_ADMIN_TOKEN` set, the admin API is served at `/admin`.
+`METERWARE_ADMIN_TOKEN` set, the admin API is served at `/admin`; with `METERWARE_METRICS`
+set, Prometheus metrics at `/metrics`.
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ from meterware import (
     Caller,
     KeysApp,
     MeterwareMiddleware,
+    MetricsApp,
     cost,
     error_handlers,
     get_caller,
+    metrics_from_env,
 )
 
 # Every error this API sends is in reference A's envelope, {"error": "..."}: meterware's
@@ -30,7 +33,12 @@ from meterware import (
 app = FastAPI(
     title="Design export API (meterware example)", exception_handlers=error_handlers("flat")
 )
-app.add_middleware(MeterwareMiddleware, usage_path="/api/v1/usage", usage_format="credits")
+metrics = metrics_from_env()  # Prometheus metrics when METERWARE_METRICS is set
+app.add_middleware(
+    MeterwareMiddleware, usage_path="/api/v1/usage", usage_format="credits", metrics=metrics
+)
+if metrics is not None:
+    app.add_route("/metrics", MetricsApp(metrics))  # scraped without a key
 app.mount("/api/v1/keys", KeysApp())  # end users manage their own keys, with a key
 if os.environ.get("METERWARE_ADMIN_TOKEN"):
     app.mount("/admin", AdminApp())  # the operator's API, behind the admin token

@@ -6,7 +6,7 @@
 Storage comes from `METERWARE_STORAGE` (default `sqlite:///meterware.db`), the per-minute
 limits from `METERWARE_RATE_LIMIT_STORAGE` (default: in process). Create keys with the
 `meterware keys create` command. With `METERWARE_ADMIN_TOKEN` set, the admin API is
-served at `/admin`.
+served at `/admin`; with `METERWARE_METRICS` set, Prometheus metrics at `/metrics`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from meterware import AdminApp, KeysApp, MeterwareMiddleware, error_handlers, get_caller
+from meterware import (
+    AdminApp,
+    KeysApp,
+    MeterwareMiddleware,
+    MetricsApp,
+    error_handlers,
+    get_caller,
+    metrics_from_env,
+)
 
 WEBSITES = {
     "site_1": {"id": "site_1", "domain": "example.com"},
@@ -53,11 +61,19 @@ routes: list[BaseRoute] = [
 ]
 if os.environ.get("METERWARE_ADMIN_TOKEN"):
     routes.append(Mount("/admin", AdminApp()))  # the operator's API, behind the admin token
+metrics = metrics_from_env()  # Prometheus metrics when METERWARE_METRICS is set
+if metrics is not None:
+    routes.append(Route("/metrics", MetricsApp(metrics)))  # scraped without a key
 
 app = Starlette(
     routes=routes,
     middleware=[
-        Middleware(MeterwareMiddleware, usage_path="/api/external/v1/usage", usage_format="quota")
+        Middleware(
+            MeterwareMiddleware,
+            usage_path="/api/external/v1/usage",
+            usage_format="quota",
+            metrics=metrics,
+        )
     ],
     # Every error this API sends is in reference B's envelope, with its timestamp:
     # meterware's refusals, and the app's own (unknown paths and methods, crashes).

@@ -16,6 +16,7 @@ from meterware.errors import (
 )
 from meterware.keys import Account, ApiKey, Caller, KeyResolver, SecretHasher
 from meterware.metering import Cost, cost
+from meterware.metrics import Metrics, MetricsApp, metrics_from_env
 from meterware.middleware import MeterwareMiddleware
 from meterware.responses import error_handlers
 from meterware.runtime import get_caller, set_cost
@@ -43,6 +44,8 @@ __all__ = [
     "KeysApp",
     "MeterwareError",
     "MeterwareMiddleware",
+    "Metrics",
+    "MetricsApp",
     "NotFound",
     "SecretHasher",
     "Storage",
@@ -57,6 +60,7 @@ __all__ = [
     "cost",
     "error_handlers",
     "get_caller",
+    "metrics_from_env",
     "set_cost",
     "storage_from_url",
 ]

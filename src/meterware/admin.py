@@ -46,7 +46,7 @@ from meterware.keys import (
 )
 from meterware.reported import QuotaStatus, Subject, quota_status
 from meterware.storage import Storage, storage_from_url
-from meterware.storage.records import CreditGrant, Rollup
+from meterware.storage.records import OUTCOME_FIELDS, CreditGrant, Rollup
 from meterware.tiers import TierTable
 from meterware.views import iso
 
@@ -71,7 +71,8 @@ MAX_SERIES_DAYS = 3660  # a report's per-day series covers at most ten years
 class UsageLine:
     """One line of an owner-side usage report: what its group used in the range. The
     grouping's own field is set (`day`, `action`, `key_id` with its `account_id`, or
-    `account_id`); the others are None."""
+    `account_id`); the others are None. `outcomes` counts refused requests by outcome
+    (and `failed_open`: admitted while a check failed open)."""
 
     requests: int
     calls: int
@@ -80,6 +81,7 @@ class UsageLine:
     action: str | None = None
     account_id: str | None = None
     key_id: str | None = None
+    outcomes: Mapping[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -90,6 +92,7 @@ class UsageLine:
             "requests": self.requests,
             "calls": self.calls,
             "credits": self.credits,
+            "outcomes": dict(self.outcomes),
         }
 
 
@@ -115,6 +118,7 @@ class UsageReport:
                 "requests": self.total.requests,
                 "calls": self.total.calls,
                 "credits": self.total.credits,
+                "outcomes": dict(self.total.outcomes),
             },
             "daily_calls": [{"day": d, "calls": c} for d, c in self.daily_calls],
         }
@@ -573,6 +577,11 @@ def _id(value: str, what: str) -> str:
     return value
 
 
+def _outcomes(counts: list[int]) -> dict[str, int]:
+    """Outcome counts by name, those that happened only."""
+    return {name: n for name, n in zip(OUTCOME_FIELDS, counts, strict=True) if n}
+
+
 def _day(value: str | date, what: str) -> date:
     if isinstance(value, date):
         return value
@@ -593,25 +602,24 @@ def _report(rollups: list[Rollup], first: date, last: date, by: UsageGrouping) -
             "key": (r.account_id, r.key_id),
             "account": (r.account_id,),
         }[by]
-        sums = groups.setdefault(group, [0, 0, 0])
-        sums[0] += r.requests
-        sums[1] += r.calls
-        sums[2] += r.credits
+        sums = groups.setdefault(group, [0] * (3 + len(OUTCOME_FIELDS)))
+        for i, value in enumerate((r.requests, r.calls, r.credits,
+                                   *(getattr(r, o) for o in OUTCOME_FIELDS))):  # fmt: skip
+            sums[i] += value
         daily[r.day] = daily.get(r.day, 0) + r.calls
     lines = []
-    for group, (requests, calls, credits) in sorted(groups.items()):
+    totals = [0] * (3 + len(OUTCOME_FIELDS))
+    for group, sums in sorted(groups.items()):
         fields: dict[str, str] = {
             "day": {"day": group[0]},
             "action": {"action": group[0]},
             "key": {"account_id": group[0], "key_id": group[-1]},
             "account": {"account_id": group[0]},
         }[by]
-        lines.append(UsageLine(requests, calls, credits, **fields))
-    total = UsageLine(
-        sum(line.requests for line in lines),
-        sum(line.calls for line in lines),
-        sum(line.credits for line in lines),
-    )
+        requests, calls, credits = sums[:3]
+        lines.append(UsageLine(requests, calls, credits, **fields, outcomes=_outcomes(sums[3:])))
+        totals = [a + b for a, b in zip(totals, sums, strict=True)]
+    total = UsageLine(totals[0], totals[1], totals[2], outcomes=_outcomes(totals[3:]))
     start, end = first, last
     if (end - start).days >= MAX_SERIES_DAYS:  # a long range: from its first day with data
         start = date.fromisoformat(min(daily)) if daily else end

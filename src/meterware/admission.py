@@ -143,8 +143,12 @@ class Admission:
         charge: ChargeRule,
         lease_idle: float = 60.0,
         grants: Callable[[str], Awaitable[list[CreditGrant]]] | None = None,
+        on_store_error: Callable[[str], None] = lambda concern: None,
+        on_charge: Callable[[Caller, str, int], None] = lambda caller, action, credits: None,
     ) -> None:
         self.load_grants = grants
+        self.on_store_error = on_store_error
+        self.on_charge = on_charge
         self.minutes = minutes
         self.leases = leases
         self.meter = meter
@@ -203,6 +207,7 @@ class Admission:
         prepaid = bool(credits and plan.grants)
         taken: list[tuple[Leases, Want]] = []
         draws: tuple[Draw, ...] = ()
+        opened = False  # a check failed open for this request
         for concern, leases, want, also in self._needs(plan, 0 if prepaid else credits, now):
             # (units at hand are taken without a coroutine: most requests need no other)
             got = leases.hand_out(want, now, also) or await self._take(
@@ -215,6 +220,7 @@ class Admission:
                     taken.append((leases, want))
                 continue
             if got is None:  # failed open: this concern lets the request through
+                opened = True
                 continue
             for where, back in taken:  # refused, or failed closed: nothing else counts
                 where.give_back(back.counter, back.amount, now)
@@ -226,10 +232,11 @@ class Admission:
                     where.give_back(back.counter, back.amount, now)
                 return drawn if isinstance(drawn, Denial) else self._refused(plan, now, "credits")
             draws = drawn
+            opened = opened or not drawn  # (nothing drawn: the credits check failed open)
         caller = plan.caller
         self.meter.admitted(caller.account_id, caller.key_id, cost, now)
         (plan.view or self._view(plan, now)).local += 1
-        return Hold(self, plan, cost, draws, self.headers(plan, now), now)
+        return Hold(self, plan, cost, draws, self.headers(plan, now), now, opened)
 
     async def _read_grants(self, plan: Plan) -> Denial | None:
         """Read the account's grants into the plan; the 503 when the store fails and
@@ -238,6 +245,7 @@ class Admission:
         try:
             plan.grants = await self.load_grants(plan.caller.account_id)
         except StorageError as exc:
+            self.on_store_error("credits")
             if "credits" not in self.fail_open:
                 return self.unavailable(exc)
             self.outages.failed("credits", exc, admitting=True)
@@ -277,6 +285,7 @@ class Admission:
                 if not rest:
                     return tuple(draws)
         except StorageError as exc:
+            self.on_store_error("credits")
             for draw in draws:
                 self.leases.give_back(draw.want.counter, draw.units, now)
             if "credits" not in self.fail_open:
@@ -296,6 +305,7 @@ class Admission:
         try:
             taken = await leases.take(want, now, also)
         except StorageError as exc:
+            self.on_store_error(concern)
             if concern not in self.fail_open:
                 return self.unavailable(exc)
             self.outages.failed(concern, exc, admitting=True)
@@ -367,6 +377,7 @@ class Hold:
     draws: tuple[Draw, ...]  # the credits taken, and where from
     headers: Headers  # the rate-limit headers of the response
     now: float
+    failed_open: bool = False  # a check failed open: the request passed uncounted there
 
     def settle(self, status: int | None, credits: int) -> None:
         """Settle the call: `status` is the response's (None when the handler raised or the
@@ -396,6 +407,7 @@ class Hold:
                 )
         if charged:
             admission.meter.charge(caller.account_id, caller.key_id, self.cost, charged, now)
+            admission.on_charge(caller, self.cost.action, charged)
 
     async def _draw_more(self, credits: int) -> None:
         """A cost raised at run time: take the difference as a call's credits are taken

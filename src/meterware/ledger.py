@@ -45,6 +45,7 @@ class Meter:
         max_pending: int = 100_000,
         on_take: Callable[[], None] = lambda: None,
         on_written: Callable[[], None] = lambda: None,
+        on_flushed: Callable[[float, bool], None] = lambda seconds, ok: None,
         timeout: float = 10.0,
         outbox: bool = False,
         clock: Callable[[], float] = time.time,
@@ -55,6 +56,7 @@ class Meter:
         self.max_pending = max_pending
         self.on_take = on_take
         self.on_written = on_written
+        self.on_flushed = on_flushed
         self.timeout = timeout
         self.outbox = outbox
         self.clock = clock
@@ -186,6 +188,7 @@ class Meter:
         async with self._lock:
             batch = self._take()
             if batch:
+                started = time.perf_counter()
                 write = asyncio.ensure_future(self.store.record(batch))
                 try:
                     done, _ = await asyncio.wait({write}, timeout=self.timeout)
@@ -195,11 +198,14 @@ class Meter:
                 if not done:
                     self._pending_write(write, batch)
                     late = f"usage flush: no answer within {self.timeout:g} s"
+                    self.on_flushed(time.perf_counter() - started, False)
                     return self._failed(StorageUnavailable(late))
                 error = write.exception()
                 if error is not None:
                     self._put_back(batch)
+                    self.on_flushed(time.perf_counter() - started, False)
                     return self._failed(error)
+                self.on_flushed(time.perf_counter() - started, True)
                 self.on_written()
                 if self.failures:
                     log.warning("usage flush recovered after %d failed attempts", self.failures)

@@ -34,9 +34,10 @@ from meterware import responses
 from meterware.admission import Hold
 from meterware.clock import Clock, system_clock
 from meterware.config import DEFAULT_EXEMPT_PATHS, ChargeRule, Settings
-from meterware.keys import KeyResolver
+from meterware.keys import Caller, KeyResolver
+from meterware.metrics import Metrics
 from meterware.openapi import document_openapi
-from meterware.responses import Denial, Envelope, merge_headers, route_path
+from meterware.responses import OUTCOME_OF, Denial, Envelope, merge_headers, route_path
 from meterware.runtime import RUNTIME_KEY, SCOPE_KEY, Call, Runtime
 from meterware.storage import Storage
 from meterware.tiers import TierTable
@@ -84,6 +85,7 @@ class MeterwareMiddleware:
         storage_timeout: float = 1.0,
         probe_interval: float = 1.0,
         outbox: bool | None = None,
+        metrics: Metrics | None = None,
         clock: Clock = system_clock,
     ) -> None:
         self.app = app
@@ -106,6 +108,7 @@ class MeterwareMiddleware:
             tiers=tiers,
             clock=clock,
             routes_of=self._routes,
+            metrics=metrics,
         )
         self.usage_app = UsageApp(settings.usage_format)
         self._documented = False
@@ -129,13 +132,14 @@ class MeterwareMiddleware:
         if getattr(route.endpoint, "meterware_exempt", False):  # it authenticates on its own
             scope[RUNTIME_KEY] = rt
             return await self.app(scope, receive, send)
+        action = route.cost.action
 
         caller = await rt.authenticate(scope["headers"], now)
         if isinstance(caller, Denial):
-            return await self._deny(scope, receive, send, caller, now)
+            return await self._deny(scope, receive, send, caller, now, None, action)
         plan = rt.plan(caller)
         if isinstance(plan, Denial):
-            return await self._deny(scope, receive, send, plan, now)
+            return await self._deny(scope, receive, send, plan, now, caller, action)
         site = route.path_params.get(rt.settings.website_param)
         if (
             caller.permission == "site_access"
@@ -143,7 +147,7 @@ class MeterwareMiddleware:
             and str(site) != caller.website_id
         ):
             denial = Denial(responses.FORBIDDEN_SITE, rt.admission.headers(plan, now))
-            return await self._deny(scope, receive, send, denial, now)
+            return await self._deny(scope, receive, send, denial, now, caller, action)
         call = Call(caller, rt)
         scope[SCOPE_KEY] = call
         scope.setdefault("state", {})["meterware"] = caller
@@ -153,7 +157,8 @@ class MeterwareMiddleware:
         if (unmetered or path == rt.settings.usage_path) and scope["type"] == "http":
             limited = await rt.admission.rate_limit(plan, now)
             if limited is not None:
-                return await self._deny(scope, receive, send, limited, now)
+                return await self._deny(scope, receive, send, limited, now, caller, action)
+            rt.observe("admitted", caller, action, now)
             call.headers = rt.admission.headers(plan, now)
             if unmetered:  # routed by the app as usual (it may be mounted)
                 return await self.app(scope, receive, send)
@@ -161,7 +166,8 @@ class MeterwareMiddleware:
 
         hold = await rt.admission.admit(plan, route.cost, now)
         if isinstance(hold, Denial):
-            return await self._deny(scope, receive, send, hold, now)
+            return await self._deny(scope, receive, send, hold, now, caller, action)
+        rt.observe("failed_open" if hold.failed_open else "admitted", caller, action, now)
         call.cost, call.credits = route.cost, route.cost.credits
         await self._run_metered(scope, receive, send, hold, call)
 
@@ -200,10 +206,18 @@ class MeterwareMiddleware:
             hold.settle(final, call.credits)
 
     async def _deny(
-        self, scope: Scope, receive: Receive, send: Send, denial: Denial, now: float
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        denial: Denial,
+        now: float,
+        caller: Caller | None,
+        action: str,
     ) -> None:
         envelope = self.runtime.settings.envelope
         refusal, headers = denial.refusal, denial.headers
+        self.runtime.observe(OUTCOME_OF[refusal.code], caller, action, now)
         if scope["type"] == "http":
             return await responses.send_refusal(send, envelope, refusal, now, headers)
         offered = "websocket.http.response" in scope.get("extensions", {})

@@ -67,6 +67,16 @@ NOT_ALLOWED = Refusal(405, "METHOD_NOT_ALLOWED", "Method not allowed")
 
 RETRY_STORAGE = (b"retry-after", b"5")
 
+OUTCOME_OF = {
+    "UNAUTHORIZED": "unauthorized",
+    "FORBIDDEN": "forbidden",
+    "RATE_LIMITED": "rate_limited",
+    "QUOTA_EXCEEDED": "quota_exceeded",
+    "INSUFFICIENT_CREDITS": "insufficient_credits",
+    "STORAGE_UNAVAILABLE": "unavailable",
+}
+"""The outcome (metrics, ledger) of each refusal code the middleware sends."""
+
 
 def route_path(scope: Mapping[str, Any]) -> str:
     """The request's path inside the app at hand (without a mount's `root_path`), as

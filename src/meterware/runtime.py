@@ -35,9 +35,11 @@ from meterware.keys import Caller, KeyExtractor, KeyResolver, SecretHasher
 from meterware.leases import Leases
 from meterware.ledger import Meter
 from meterware.metering import Cost, RouteCosts, check_credits
+from meterware.metrics import Metrics
 from meterware.reported import MonthViews, QuotaStatus, Subject, quota_status
 from meterware.responses import Denial, Headers, RateLimitHeaders
 from meterware.storage import Storage, storage_from_url
+from meterware.storage.records import OUTCOME_FIELDS
 from meterware.tiers import TierTable
 from meterware.windows import WINDOW, window_store
 
@@ -46,6 +48,7 @@ __all__ = ["RUNTIME_KEY", "SCOPE_KEY", "Call", "Runtime", "get_caller", "set_cos
 log = logging.getLogger("meterware")
 
 UPKEEP_EVERY = 1.0  # seconds between background upkeep runs (idle leases, ended windows)
+CONCERN_OF = {"quota": "counters", "credits": "counters"}  # admission's -> the metric's
 
 
 class Runtime:
@@ -60,9 +63,11 @@ class Runtime:
         tiers: TierTable | Mapping[str, Mapping[str, int | None]] | None = None,
         clock: Clock,
         routes_of: Callable[[Scope], Iterable[Any] | None] = lambda scope: None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
+        self.metrics = metrics
         self._owns_store = not isinstance(storage, Storage)
         self.store = (
             storage
@@ -94,6 +99,7 @@ class Runtime:
             max_pending=settings.max_pending,
             on_take=self.views.mark,
             on_written=self._ledger_written,
+            on_flushed=self._flushed,
             timeout=settings.background_timeout,
             outbox=settings.outbox,
             clock=clock,
@@ -121,6 +127,8 @@ class Runtime:
             charge=settings.charge,
             lease_idle=settings.lease_idle,
             grants=guarded.grants,
+            on_store_error=self._store_error,
+            on_charge=self._charged,
         )
         self._plans: dict[int, Plan] = {}
         self._started = False
@@ -144,8 +152,25 @@ class Runtime:
                 assert self.host_resolver is not None
                 caller = await self.host_resolver(secret)
         except StorageError as exc:
+            self._store_error("keys")
             return self.admission.unavailable(exc)
         return caller if caller is not None else self.unauthorized
+
+    def observe(self, outcome: str, caller: Caller | None, action: str, now: float) -> None:
+        """Count a request's outcome: in the metrics (when on), and in the ledger when a
+        known caller was refused or let through by a check that failed open."""
+        if self.metrics is not None:
+            self.metrics.count(outcome, caller.tier if caller is not None else "", action)
+        if caller is not None and outcome in OUTCOME_FIELDS:
+            self.meter.refused(caller.account_id, caller.key_id, action, outcome, now)
+
+    def _charged(self, caller: Caller, action: str, credits: int) -> None:
+        if self.metrics is not None:
+            self.metrics.charge(caller.tier, action, credits)
+
+    def _store_error(self, concern: str) -> None:
+        if self.metrics is not None:
+            self.metrics.store_error(CONCERN_OF.get(concern, concern))
 
     def plan(self, caller: Caller) -> Plan | Denial:
         """The caller's plan (limits and counters), worked out once per caller object: the
@@ -214,6 +239,8 @@ class Runtime:
                     self._every(min(UPKEEP_EVERY, self.settings.lease_idle / 4), self.upkeep)
                 ),
             ]
+            if self.metrics is not None:
+                self._tasks.append(loop.create_task(self.metrics.publish_every(1.0)))
             self._started = True
 
     async def stop(self) -> None:
@@ -284,6 +311,13 @@ class Runtime:
             if self._stopping:
                 return
             await self.meter.flush(after=self._read_views)
+
+    def _flushed(self, seconds: float, ok: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.flush(seconds, ok)
+            self.metrics.ledger_pending(self.meter.pending)
+            if not ok:
+                self.metrics.store_error("ledger")
 
     def _ledger_written(self) -> None:
         """A flush's write succeeded: the store answers again (a flush with nothing to

@@ -8,9 +8,10 @@ import csv
 import io
 from typing import Any
 
-from meterware.admin import GROUPINGS, Admin, UsageReport
+from meterware.admin import GROUPINGS, Admin, UsageLine, UsageReport
 from meterware.cli.args import day_arg, id_arg
 from meterware.cli.output import table
+from meterware.storage.records import OUTCOME_FIELDS
 
 Output = tuple[Any, str]  # (what --json prints, what people read)
 
@@ -37,19 +38,21 @@ def _columns(report: UsageReport) -> list[str]:
 
 
 def as_csv(report: UsageReport) -> str:
-    """One row per line of the report, then a `total` row."""
+    """One row per line of the report, then a `total` row; refusals by outcome last."""
     out = io.StringIO()
     columns = _columns(report)
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow([*columns, "requests", "calls", "credits"])
+    writer.writerow([*columns, "requests", "calls", "credits", *OUTCOME_FIELDS])
     for line in report.lines:
         values = line.as_dict()
-        writer.writerow([*(values[c] for c in columns), line.requests, line.calls, line.credits])
-    total = report.total
-    writer.writerow(
-        ["total", *[""] * (len(columns) - 1), total.requests, total.calls, total.credits]
-    )
+        writer.writerow([*(values[c] for c in columns), *_counts(line)])
+    writer.writerow(["total", *[""] * (len(columns) - 1), *_counts(report.total)])
     return out.getvalue().rstrip("\n")
+
+
+def _counts(line: UsageLine) -> list[int]:
+    return [line.requests, line.calls, line.credits,
+            *(line.outcomes.get(o, 0) for o in OUTCOME_FIELDS)]  # fmt: skip
 
 
 def as_text(report: UsageReport) -> str:
@@ -57,15 +60,18 @@ def as_text(report: UsageReport) -> str:
     head = f"Usage {report.first_day} to {report.last_day}, by {report.by}"
     if not report.lines:
         return f"{head}: nothing recorded."
-    rows = [[c.upper().replace("_ID", "") for c in columns] + ["REQUESTS", "CALLS", "CREDITS"]]
+    head_row = ["REQUESTS", "CALLS", "CREDITS", "REFUSED"]
+    rows = [[c.upper().replace("_ID", "") for c in columns] + head_row]
     for line in report.lines:
         values = line.as_dict()
-        rows.append([str(values[c] or "-") for c in columns]
-                    + [f"{line.requests:,}", f"{line.calls:,}", f"{line.credits:,}"])  # fmt: skip
-    total = report.total
-    rows.append(["total", *[""] * (len(columns) - 1),
-                 f"{total.requests:,}", f"{total.calls:,}", f"{total.credits:,}"])  # fmt: skip
+        rows.append([str(values[c] or "-") for c in columns] + _numbers(line))
+    rows.append(["total", *[""] * (len(columns) - 1), *_numbers(report.total)])
     return f"{head}\n\n{table(rows)}\n\n{sparkline(report.daily_calls)}"
+
+
+def _numbers(line: UsageLine) -> list[str]:
+    refused = sum(n for o, n in line.outcomes.items() if o != "failed_open")
+    return [f"{line.requests:,}", f"{line.calls:,}", f"{line.credits:,}", f"{refused:,}"]
 
 
 def sparkline(daily: list[tuple[str, int]]) -> str:
