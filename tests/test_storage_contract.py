@@ -402,6 +402,18 @@ class TestKeys:
         assert await store.get_key("key_5") is None
 
 
+class TestExpiries:
+    async def test_keys_expired_in_a_span(self, store: Storage) -> None:
+        """keys_expired gives the keys whose expiry is in (after, until], by expiry."""
+        await add_key(store, "key_1", expires_at=NOW + 10)
+        await add_key(store, "key_2", expires_at=NOW + 5)
+        await add_key(store, "key_3", expires_at=NOW + 20)
+        await add_key(store, "key_4")
+        assert [k.id for k in await store.keys_expired(NOW + 5, NOW + 20)] == ["key_1", "key_3"]
+        assert [k.id for k in await store.keys_expired(NOW, NOW + 10)] == ["key_2", "key_1"]
+        assert await store.keys_expired(NOW + 20, NOW + 99) == []
+
+
 class TestAccountFields:
     async def test_account_fields_round_trip(self, store: Storage) -> None:
         """Every field of an account is stored, read back, listed, and updated."""
@@ -737,8 +749,9 @@ class TestRecord:
         assert await store.totals(account_id="acct_a", key_id=None) == KeyTotals(11, 5, 11, NOW)
         assert await store.totals(account_id="acct_b", key_id=None) == KeyTotals()
 
-    async def test_requests_since_for_many_subjects(self, store: Storage) -> None:
-        """requests_since answers every (account, key or None, first day) in order."""
+    async def test_month_usage_for_many_subjects(self, store: Storage) -> None:
+        """month_usage answers every (account, key or None, first day) in order:
+        requests and credits."""
         await add_key(store, "key_1")
         await add_key(store, "key_2")
         await store.record(
@@ -757,8 +770,8 @@ class TestRecord:
             ("acct_b", None, "2026-03-01"),
             ("acct_a", "key_2", "2026-04-13"),
         ]
-        assert await store.requests_since(subjects) == [2, 6, 7, 0, 0]
-        assert await store.requests_since([]) == []
+        assert await store.month_usage(subjects) == [(2, 1), (6, 2), (7, 2), (0, 0), (0, 0)]
+        assert await store.month_usage([]) == []
 
     async def test_empty_batch_writes_nothing(self, store: Storage) -> None:
         """record() of an empty batch is a no-op."""

@@ -23,6 +23,7 @@ stored state forbids. Secrets are returned only by `create_key` and `rotate_key`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
@@ -31,7 +32,7 @@ from typing import Any, Literal
 
 from meterware import config
 from meterware.clock import Clock, day_of, month_period, system_clock
-from meterware.errors import Conflict, InvalidValue, NotFound
+from meterware.errors import Conflict, InvalidValue, NotFound, StorageError
 from meterware.keys import (
     PERMISSIONS,
     Account,
@@ -44,9 +45,10 @@ from meterware.keys import (
     new_key_id,
     valid_id,
 )
+from meterware.notices import key_notice
 from meterware.reported import QuotaStatus, Subject, quota_status
 from meterware.storage import Storage, storage_from_url
-from meterware.storage.records import OUTCOME_FIELDS, CreditGrant, Rollup
+from meterware.storage.records import OUTCOME_FIELDS, CreditGrant, Notice, Rollup
 from meterware.tiers import TierTable
 from meterware.views import iso
 
@@ -61,6 +63,7 @@ __all__ = [
 ]
 
 _UNSET: Any = object()
+log = logging.getLogger("meterware")
 
 UsageGrouping = Literal["day", "action", "key", "account"]
 GROUPINGS: tuple[UsageGrouping, ...] = ("day", "action", "key", "account")
@@ -346,7 +349,9 @@ class Admin:
         hashed = self.hasher.hash(secret)
         if not await self.store.create_key(key, hashed, live_limit=live_limit, now=now):
             raise Conflict(f"account {key.account_id} has {live_limit} live keys already")
-        return await self.get_key(key.id), secret
+        key = await self.get_key(key.id)
+        await self._notice(key_notice("created", key, now))
+        return key, secret
 
     async def get_key(self, key_id: str) -> ApiKey:
         """The key with this id (revoked and expired ones included)."""
@@ -411,7 +416,9 @@ class Admin:
         now = self.clock()
         if key.revoked_at is not None and key.revoked_at <= now:
             return key
-        return await self.store.update_key(key.id, revoked_at=now) or key
+        revoked = await self.store.update_key(key.id, revoked_at=now) or key
+        await self._notice(key_notice("revoked", revoked, now))
+        return revoked
 
     async def rotate_key(self, key_id: str, *, grace: float = 0.0) -> tuple[ApiKey, str]:
         """Give a key a new secret; the old one keeps working for `grace` seconds."""
@@ -423,7 +430,16 @@ class Admin:
             raise Conflict(f"key {key.id} is revoked or expired: create a new key instead")
         secret = self.hasher.new_secret()
         await self.store.add_secret(key.id, self.hasher.hash(secret), retire_old_at=now + grace)
+        await self._notice(key_notice("rotated", key, now, grace_seconds=grace))
         return key, secret
+
+    async def _notice(self, notice: Notice) -> None:
+        """Store a notice of what was done (the change itself is done: a store failing
+        now is logged, not raised)."""
+        try:
+            await self.store.add_notice(notice)
+        except StorageError as exc:
+            log.warning("could not store notice %s: %s", notice.id, exc)
 
     # -- prepaid credits ---------------------------------------------------------------
 

@@ -31,9 +31,10 @@ from meterware.keys import Caller
 from meterware.leases import Leases, Want
 from meterware.ledger import Meter
 from meterware.metering import Cost
+from meterware.notices import threshold_notice
 from meterware.reported import MonthView, MonthViews, Subject
 from meterware.responses import Denial, HeaderParts, Headers, RateLimitHeaders, retry_after
-from meterware.storage.records import CreditGrant
+from meterware.storage.records import CreditGrant, Notice
 from meterware.tiers import Limits
 from meterware.windows import WINDOW
 
@@ -102,10 +103,13 @@ class Outages:
 
     def __init__(self) -> None:
         self._down: set[str] = set()
+        self.listener: Callable[[str, bool, str], None] = lambda concern, failing, why: None
 
     def failed(self, concern: str, exc: Exception, *, admitting: bool) -> None:
         if concern not in self._down:
             self._down.add(concern)
+            if admitting:
+                self.listener(concern, True, str(exc))
             name = self.NAMES.get(concern, concern)
             if admitting:
                 log.warning(
@@ -118,6 +122,7 @@ class Outages:
     def recovered(self, concern: str) -> None:
         if concern in self._down:
             self._down.discard(concern)
+            self.listener(concern, False, "")
             log.warning("%s storage is back", self.NAMES.get(concern, concern))
 
 
@@ -145,7 +150,9 @@ class Admission:
         grants: Callable[[str], Awaitable[list[CreditGrant]]] | None = None,
         on_store_error: Callable[[str], None] = lambda concern: None,
         on_charge: Callable[[Caller, str, int], None] = lambda caller, action, credits: None,
+        notify: Callable[[Notice], None] = lambda notice: None,
     ) -> None:
+        self.notify = notify
         self.load_grants = grants
         self.on_store_error = on_store_error
         self.on_charge = on_charge
@@ -235,7 +242,10 @@ class Admission:
             opened = opened or not drawn  # (nothing drawn: the credits check failed open)
         caller = plan.caller
         self.meter.admitted(caller.account_id, caller.key_id, cost, now)
-        (plan.view or self._view(plan, now)).local += 1
+        view = plan.view or self._view(plan, now)
+        view.local += 1
+        if view.stored + view.local >= view.next_requests:
+            self.crossed(view, now)
         return Hold(self, plan, cost, draws, self.headers(plan, now), now, opened)
 
     async def _read_grants(self, plan: Plan) -> Denial | None:
@@ -332,7 +342,15 @@ class Admission:
 
     def _view(self, plan: Plan, now: float) -> MonthView:
         plan.view = self.views.view(plan.subject, plan.period_at(now))
+        plan.view.set_limits(plan.limits.monthly_requests, plan.limits.monthly_credits)
         return plan.view
+
+    def crossed(self, view: MonthView, now: float) -> None:
+        """Notices for the thresholds of the month's limits that `view` has crossed."""
+        for kind, percent, used, limit in view.crossed():
+            self.notify(
+                threshold_notice(kind, percent, used, limit, view.subject, view.period, now)
+            )
 
     def headers(self, plan: Plan, now: float) -> Headers:
         """The rate-limit headers of a response to this caller: the minute's units left
@@ -408,6 +426,11 @@ class Hold:
         if charged:
             admission.meter.charge(caller.account_id, caller.key_id, self.cost, charged, now)
             admission.on_charge(caller, self.cost.action, charged)
+            view = plan.view
+            if view is not None:
+                view.credits_local += charged
+                if view.credits >= view.next_credits:
+                    admission.crossed(view, now)
 
     async def _draw_more(self, credits: int) -> None:
         """A cost raised at run time: take the difference as a call's credits are taken

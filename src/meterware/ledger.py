@@ -62,6 +62,7 @@ class Meter:
         self.clock = clock
         self._rollups: dict[tuple[str, str, str, str], Rollup] = {}
         self._draws: dict[tuple[str, str, str, str], BalanceDraw] = {}
+        self.drawn: set[str] = set()  # accounts whose grants paid in the last flush
         self._labels: dict[str, str] = {}
         self._events = 0
         self._dropped = 0
@@ -158,6 +159,7 @@ class Meter:
             outbox=self.outbox,
             time=self.clock(),
         )
+        self.drawn = {d.account_id for d in self._draws.values()}
         self._rollups, self._labels, self._draws = {}, {}, {}
         self._events = 0
         return batch

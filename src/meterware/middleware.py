@@ -36,6 +36,7 @@ from meterware.clock import Clock, system_clock
 from meterware.config import DEFAULT_EXEMPT_PATHS, ChargeRule, Settings
 from meterware.keys import Caller, KeyResolver
 from meterware.metrics import Metrics
+from meterware.notices import Hook
 from meterware.openapi import document_openapi
 from meterware.responses import OUTCOME_OF, Denial, Envelope, merge_headers, route_path
 from meterware.runtime import RUNTIME_KEY, SCOPE_KEY, Call, Runtime
@@ -86,6 +87,7 @@ class MeterwareMiddleware:
         probe_interval: float = 1.0,
         outbox: bool | None = None,
         metrics: Metrics | None = None,
+        on_notice: Hook | None = None,
         clock: Clock = system_clock,
     ) -> None:
         self.app = app
@@ -109,6 +111,7 @@ class MeterwareMiddleware:
             clock=clock,
             routes_of=self._routes,
             metrics=metrics,
+            on_notice=on_notice,
         )
         self.usage_app = UsageApp(settings.usage_format)
         self._documented = False

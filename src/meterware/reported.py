@@ -22,7 +22,7 @@ from meterware.clock import MonthPeriod, day_of, month_period
 from meterware.storage import Storage
 from meterware.tiers import Limits
 
-__all__ = ["MonthView", "MonthViews", "QuotaStatus", "Subject", "quota_status"]
+__all__ = ["THRESHOLDS", "MonthView", "MonthViews", "QuotaStatus", "Subject", "quota_status"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,24 +99,80 @@ async def quota_status(
     )
 
 
+THRESHOLDS = (50, 80, 100)  # percent of a monthly limit: a notice when crossed
+NEVER = 2**62  # a mark no count reaches
+
+
 class MonthView:
-    """A subject's requests this period: the ledger's as last read, and this process's
-    since (see module doc). A request adds 1 to `local`; nothing else runs per request."""
+    """A subject's requests and credits this period: the ledger's as last read, and this
+    process's since (see module doc). A request adds 1 to `local`, a charged call its
+    credits to `credits_local`; one comparison each tells whether a threshold of the
+    monthly limits (`THRESHOLDS`) may have been crossed (`next_requests`,
+    `next_credits`)."""
 
-    __slots__ = ("first_day", "fresh", "idle", "local", "marked", "stored", "subject")
+    __slots__ = (
+        "credits_local", "credits_marked", "credits_stored", "first_day", "fresh", "idle",
+        "limits", "local", "marked", "next_credits", "next_requests", "period", "stored",
+        "subject",
+    )  # fmt: skip
 
-    def __init__(self, subject: Subject, first_day: str) -> None:
+    def __init__(self, subject: Subject, period: MonthPeriod) -> None:
         self.subject = subject
-        self.first_day = first_day
+        self.period = period
+        self.first_day = day_of(period.start).isoformat()
         self.stored = 0  # the ledger's count, as last read
         self.local = 0  # admitted here and not in `stored`
         self.marked = 0  # of `local`, what the flush under way carries
+        self.credits_stored = self.credits_local = self.credits_marked = 0  # the same
         self.fresh = True  # never read yet
         self.idle = 0  # reads in a row with nothing new here
+        self.limits: tuple[int | None, int | None] = (None, None)
+        self.next_requests = self.next_credits = NEVER
 
     @property
     def used(self) -> int:
         return self.stored + self.local
+
+    @property
+    def credits(self) -> int:
+        return self.credits_stored + self.credits_local
+
+    def set_limits(self, requests: int | None, credits: int | None) -> None:
+        """The monthly limits the thresholds are of (from the caller's plan)."""
+        if (requests, credits) != self.limits:
+            self.limits = (requests, credits)
+            self.next_requests = _next_mark(requests, -1)
+            self.next_credits = _next_mark(credits, -1)
+
+    def crossed(self) -> list[tuple[str, int, int, int]]:
+        """The thresholds crossed since last asked: `(kind, percent, used, limit)` with
+        kind `quota` or `credits`."""
+        found = []
+        for kind, used, limit in (("quota", self.used, self.limits[0]),
+                                  ("credits", self.credits, self.limits[1])):  # fmt: skip
+            if limit is None or not limit:
+                continue
+            mark = self.next_requests if kind == "quota" else self.next_credits
+            if used < mark:
+                continue
+            found += [(kind, p, used, limit) for p in THRESHOLDS if _at(limit, p) <= used]
+            if kind == "quota":
+                self.next_requests = _next_mark(limit, used)
+            else:
+                self.next_credits = _next_mark(limit, used)
+        return found
+
+
+def _at(limit: int, percent: int) -> int:
+    """The count at which `percent` of `limit` is reached (at least 1)."""
+    return max(1, -(-limit * percent // 100))
+
+
+def _next_mark(limit: int | None, used: int) -> int:
+    """The first threshold count above `used` (`NEVER` when none is left)."""
+    if not limit:
+        return NEVER
+    return next((_at(limit, p) for p in THRESHOLDS if _at(limit, p) > used), NEVER)
 
 
 class MonthViews:
@@ -136,23 +192,25 @@ class MonthViews:
         first_day = day_of(period.start).isoformat()
         view = self._views.get((subject, first_day))
         if view is None:
-            view = self._views[(subject, first_day)] = MonthView(subject, first_day)
+            view = self._views[(subject, first_day)] = MonthView(subject, period)
         return view
 
     def mark(self) -> None:
         """A flush is taking what is pending: what the views counted so far goes with it."""
         for view in self._views.values():
             view.marked = view.local
+            view.credits_marked = view.credits_local
 
-    async def read(self, store: Storage, now: float) -> None:
+    async def read(self, store: Storage, now: float) -> list[MonthView]:
         """After a flush: read the ledger's counts of the subjects that had requests here
-        (due at most every `refresh` seconds); forget views unused for two reads."""
+        (due at most every `refresh` seconds); forget views unused for two reads. The
+        views read."""
         if now < self._next and now >= self._next - self.refresh_every:
-            return
+            return []
         self._next = now + self.refresh_every
         views = []
         for key, view in list(self._views.items()):
-            if view.local or view.fresh:
+            if view.local or view.credits_local or view.fresh:
                 views.append(view)
             else:
                 view.idle += 1
@@ -161,6 +219,12 @@ class MonthViews:
         for start in range(0, len(views), self.chunk):
             part = views[start : start + self.chunk]
             subjects = [(v.subject.account_id, v.subject.key_id, v.first_day) for v in part]
-            for view, stored in zip(part, await store.requests_since(subjects), strict=True):
+            for view, (stored, credits) in zip(
+                part, await store.month_usage(subjects), strict=True
+            ):
                 view.stored, view.local, view.marked = stored, view.local - view.marked, 0
+                view.credits_stored = credits
+                view.credits_local -= view.credits_marked
+                view.credits_marked = 0
                 view.fresh, view.idle = False, 0
+        return views

@@ -36,10 +36,11 @@ from meterware.leases import Leases
 from meterware.ledger import Meter
 from meterware.metering import Cost, RouteCosts, check_credits
 from meterware.metrics import Metrics
+from meterware.notices import Hook, Notifier, balance_notice, key_notice, outage_notice
 from meterware.reported import MonthViews, QuotaStatus, Subject, quota_status
 from meterware.responses import Denial, Headers, RateLimitHeaders
 from meterware.storage import Storage, storage_from_url
-from meterware.storage.records import OUTCOME_FIELDS
+from meterware.storage.records import OUTCOME_FIELDS, Notice
 from meterware.tiers import TierTable
 from meterware.windows import WINDOW, window_store
 
@@ -49,6 +50,9 @@ log = logging.getLogger("meterware")
 
 UPKEEP_EVERY = 1.0  # seconds between background upkeep runs (idle leases, ended windows)
 CONCERN_OF = {"quota": "counters", "credits": "counters"}  # admission's -> the metric's
+NOTICES_EVERY = 1.0  # seconds between storing and delivering notices
+EXPIRY_EVERY = 60.0  # seconds between looks for keys that expired
+EXPIRY_LOOKBACK = 86_400.0  # at start, expiries of the last day are noticed
 
 
 class Runtime:
@@ -64,6 +68,7 @@ class Runtime:
         clock: Clock,
         routes_of: Callable[[Scope], Iterable[Any] | None] = lambda scope: None,
         metrics: Metrics | None = None,
+        on_notice: Hook | None = None,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -129,7 +134,13 @@ class Runtime:
             grants=guarded.grants,
             on_store_error=self._store_error,
             on_charge=self._charged,
+            notify=self._notify,
         )
+        self.notifier = Notifier(
+            self.store, hook=on_notice, timeout=settings.background_timeout, clock=clock
+        )
+        self.admission.outages.listener = self._outage
+        self._expiries_seen = 0.0  # keys that expired before this were noticed
         self._plans: dict[int, Plan] = {}
         self._started = False
         self._starting = asyncio.Lock()
@@ -239,6 +250,7 @@ class Runtime:
                     self._every(min(UPKEEP_EVERY, self.settings.lease_idle / 4), self.upkeep)
                 ),
             ]
+            self._tasks.append(loop.create_task(self._every(NOTICES_EVERY, self.notices)))
             if self.metrics is not None:
                 self._tasks.append(loop.create_task(self.metrics.publish_every(1.0)))
             self._started = True
@@ -277,6 +289,7 @@ class Runtime:
                 await leases.release_all()
             except StorageError as exc:
                 log.warning("could not return unused quota at shutdown: %s", exc)
+        await self.notifier.close()
         if self.minutes is not self.leases:
             await self.minutes.store.close()
         if self._owns_store:
@@ -286,6 +299,24 @@ class Runtime:
         """Run the key poll and the upkeep once, now (tests call it after moving time)."""
         await self.poll_keys()
         await self.upkeep()
+
+    def _notify(self, notice: Notice) -> None:
+        self.notifier.emit(notice)
+
+    def _outage(self, concern: str, failing: bool, reason: str) -> None:
+        self.notifier.emit(outage_notice(concern, failing, reason, self.clock()))
+
+    async def notices(self) -> None:
+        """Store the notices emitted, hand stored ones to `on_notice`, and look for keys
+        that expired (every minute)."""
+        now = self.clock()
+        if now >= self._expiries_seen + EXPIRY_EVERY:
+            since = self._expiries_seen or now - EXPIRY_LOOKBACK
+            timeout = self.settings.background_timeout
+            for key in await bounded(self.store.keys_expired(since, now), timeout, "expiries"):
+                self.notifier.emit(key_notice("expired", key, now))
+            self._expiries_seen = now
+        await self.notifier.run()
 
     async def poll_keys(self) -> None:
         """Drop cached keys that changed in the store (revoked, rotated, re-tiered)."""
@@ -326,11 +357,28 @@ class Runtime:
         self.admission.outages.recovered("storage")
 
     async def _read_views(self) -> None:
+        """After a flush: the month's counts read again (thresholds other processes'
+        calls crossed), and the balances of the accounts whose grants paid."""
+        now = self.clock()
+        timeout = self.settings.background_timeout
         try:
-            timeout = self.settings.background_timeout
-            await bounded(self.views.read(self.store, self.clock()), timeout, "month's counts")
+            views = await bounded(self.views.read(self.store, now), timeout, "month's counts")
+            for view in views:
+                if view.used >= view.next_requests or view.credits >= view.next_credits:
+                    self.admission.crossed(view, now)
+            for account_id in self.meter.drawn:
+                grants = await bounded(self.store.grants(account_id), timeout, "grants")
+                draws = await bounded(self.store.balance_draws(account_id), timeout, "draws")
+                used: dict[str, int] = {}
+                for d in draws:
+                    used[d.grant_id] = used.get(d.grant_id, 0) + d.credits
+                live = [g for g in grants if g.expires_at is None or g.expires_at > now]
+                balance = sum(g.amount - used.get(g.grant_id, 0) for g in live)
+                notice = balance_notice(account_id, balance, grants, now)
+                if notice is not None:
+                    self.notifier.emit(notice)
         except StorageError as exc:
-            log.debug("could not read the month's counts: %s", exc)
+            log.debug("could not read the month's counts or balances: %s", exc)
 
     async def _every(self, interval: float, job: Callable[[], Awaitable[None]]) -> None:
         while True:

@@ -235,6 +235,10 @@ class Storage(abc.ABC):
         and the cursor to ask with next time. `since=0` returns no ids, only the cursor."""
 
     @abc.abstractmethod
+    async def keys_expired(self, after: float, until: float) -> list[ApiKey]:
+        """Keys whose expiry falls in `(after, until]`, by expiry."""
+
+    @abc.abstractmethod
     async def key_tiers(self) -> set[str]:
         """The distinct tier names stored, of keys (their own) and accounts."""
 
@@ -291,9 +295,12 @@ class Storage(abc.ABC):
         every key of an account."""
 
     @abc.abstractmethod
-    async def requests_since(self, subjects: Sequence[tuple[str, str | None, str]]) -> list[int]:
-        """For each `(account_id, key_id, first_day)`, the requests admitted from that day
-        on (`key_id` None: every key of the account), in one round trip."""
+    async def month_usage(
+        self, subjects: Sequence[tuple[str, str | None, str]]
+    ) -> list[tuple[int, int]]:
+        """For each `(account_id, key_id, first_day)`, the requests admitted and the
+        credits charged from that day on (`key_id` None: every key of the account), in
+        one round trip."""
 
     @abc.abstractmethod
     async def rollups(

@@ -155,6 +155,12 @@ class MemoryStorage(Storage, Transferable):
             return self._seq, []
         return self._seq, [k for k, v in self._versions.items() if v > since]
 
+    async def keys_expired(self, after: float, until: float) -> list[ApiKey]:
+        found = [k for k in self._keys.values() if k.expires_at and after < k.expires_at <= until]
+        return [
+            await self.get_key(k.id) or k for k in sorted(found, key=lambda k: k.expires_at or 0)
+        ]
+
     async def key_tiers(self) -> set[str]:
         own = {key.tier for key in self._keys.values() if key.tier is not None}
         return own | {account.tier for account in self._accounts.values()}
@@ -224,11 +230,14 @@ class MemoryStorage(Storage, Transferable):
             total.add(r)
         return KeyTotals(total.requests, total.calls, total.credits, total.last_used_at)
 
-    async def requests_since(self, subjects: Sequence[tuple[str, str | None, str]]) -> list[int]:
-        return [
-            sum(r.requests for r in self._rows(account_id, key_id, first_day, LAST_DAY))
-            for account_id, key_id, first_day in subjects
-        ]
+    async def month_usage(
+        self, subjects: Sequence[tuple[str, str | None, str]]
+    ) -> list[tuple[int, int]]:
+        found = []
+        for account_id, key_id, first_day in subjects:
+            rows = self._rows(account_id, key_id, first_day, LAST_DAY)
+            found.append((sum(r.requests for r in rows), sum(r.credits for r in rows)))
+        return found
 
     async def rollups(
         self,

@@ -307,6 +307,10 @@ class PostgresStorage(Storage, Transferable):
             return cursor, []
         return cursor, [str(key_id) for key_id in row[1]]
 
+    async def keys_expired(self, after: float, until: float) -> list[ApiKey]:
+        rows = await self.pool.fetch(self._q.keys_expired, after, until)
+        return [ApiKey(*r) for r in rows]
+
     async def key_tiers(self) -> set[str]:
         return {str(r[0]) for r in await self.pool.fetch(self._q.key_tiers)}
 
@@ -401,12 +405,14 @@ class PostgresStorage(Storage, Transferable):
             )
         return KeyTotals(int(row[0]), int(row[1]), int(row[2]), row[3])
 
-    async def requests_since(self, subjects: Sequence[tuple[str, str | None, str]]) -> list[int]:
+    async def month_usage(
+        self, subjects: Sequence[tuple[str, str | None, str]]
+    ) -> list[tuple[int, int]]:
         if not subjects:
             return []
         accounts, keys, days = zip(*subjects, strict=True)
-        rows = await self.pool.fetch(self._q.requests_since, accounts, keys, days)
-        return [int(r[0]) for r in rows]
+        rows = await self.pool.fetch(self._q.month_usage, accounts, keys, days)
+        return [(int(r[0]), int(r[1])) for r in rows]
 
     async def rollups(
         self,

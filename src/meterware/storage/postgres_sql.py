@@ -196,6 +196,10 @@ class Queries:
             "ON k.id = t.key_id WHERE t.hash = $1 AND (t.expires_at IS NULL OR t.expires_at > $2)"
         )
         self.list_keys = f"SELECT {key} FROM {s}.keys k ORDER BY created_at, id"
+        self.keys_expired = (
+            f"SELECT {key} FROM {s}.keys k WHERE k.expires_at > $1 AND k.expires_at <= $2 "
+            "ORDER BY k.expires_at, k.id"
+        )
         self.list_account_keys = (
             f"SELECT {key} FROM {s}.keys k WHERE account_id = $1 ORDER BY created_at, id"
         )
@@ -300,14 +304,20 @@ class Queries:
             f"SELECT {sums} FROM {s}.usage_daily "
             "WHERE account_id = $1 AND key_id = $2 AND day BETWEEN $3 AND $4"
         )
+
         # One subquery form per case, so that each can use the primary key.
-        self.requests_since = (
-            "SELECT CASE WHEN t.key_id IS NULL THEN "
-            f"(SELECT coalesce(sum(u.requests), 0) FROM {s}.usage_daily u "
-            "WHERE u.account_id = t.account_id AND u.day >= t.first_day) "
-            f"ELSE (SELECT coalesce(sum(u.requests), 0) FROM {s}.usage_daily u "
-            "WHERE u.account_id = t.account_id AND u.key_id = t.key_id "
-            "AND u.day >= t.first_day) END::bigint "
+        def since(column: str) -> str:
+            return (
+                f"CASE WHEN t.key_id IS NULL THEN (SELECT coalesce(sum(u.{column}), 0) "
+                f"FROM {s}.usage_daily u WHERE u.account_id = t.account_id "
+                "AND u.day >= t.first_day) "
+                f"ELSE (SELECT coalesce(sum(u.{column}), 0) FROM {s}.usage_daily u "
+                "WHERE u.account_id = t.account_id AND u.key_id = t.key_id "
+                "AND u.day >= t.first_day) END::bigint"
+            )
+
+        self.month_usage = (
+            f"SELECT {since('requests')}, {since('credits')} "
             "FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY "
             "AS t(account_id, key_id, first_day, n) ORDER BY t.n"
         )

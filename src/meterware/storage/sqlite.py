@@ -67,8 +67,8 @@ from meterware.storage.sqlite_sql import (
     FROM_V1,
     FROM_V2_ACCOUNTS,
     FROM_V2_KEYS,
+    MONTH_USAGE,
     RELEASE,
-    REQUESTS_SINCE,
     RESERVE,
     SCHEMA,
     SET_LABELS,
@@ -401,6 +401,14 @@ class SQLiteStorage(Storage, Transferable):
         rows = await self._all("SELECT id FROM keys WHERE version > ?", (since,))
         return cursor, [r[0] for r in rows]
 
+    async def keys_expired(self, after: float, until: float) -> list[ApiKey]:
+        rows = await self._all(
+            f"SELECT {key_select()} FROM keys k WHERE k.expires_at > ? AND k.expires_at <= ? "
+            "ORDER BY k.expires_at, k.id",
+            (after, until),
+        )
+        return [ApiKey(*r) for r in rows]
+
     async def key_tiers(self) -> set[str]:
         rows = await self._all(
             "SELECT tier FROM keys WHERE tier IS NOT NULL UNION SELECT tier FROM accounts"
@@ -491,11 +499,13 @@ class SQLiteStorage(Storage, Transferable):
             )
         return KeyTotals(int(row[0]), int(row[1]), int(row[2]), row[3])
 
-    async def requests_since(self, subjects: Sequence[tuple[str, str | None, str]]) -> list[int]:
+    async def month_usage(
+        self, subjects: Sequence[tuple[str, str | None, str]]
+    ) -> list[tuple[int, int]]:
         if not subjects:
             return []
-        rows = await self._all(REQUESTS_SINCE, (json.dumps(list(subjects)),))
-        return [int(r[0]) for r in rows]
+        rows = await self._all(MONTH_USAGE, (json.dumps(list(subjects)),))
+        return [(int(r[0]), int(r[1])) for r in rows]
 
     async def rollups(
         self,

@@ -211,13 +211,21 @@ TOTALS = (
     "SELECT coalesce(sum(requests), 0), coalesce(sum(calls), 0), coalesce(sum(credits), 0), "
     "max(last_used_at) FROM usage_daily WHERE account_id = ? AND day BETWEEN ? AND ?"
 )
+
+
 # One subquery form per case, so that each can use the primary key.
-REQUESTS_SINCE = (
-    "SELECT CASE WHEN key_id IS NULL THEN "
-    "(SELECT coalesce(sum(u.requests), 0) FROM usage_daily u "
-    "WHERE u.account_id = s.account_id AND u.day >= s.first_day) "
-    "ELSE (SELECT coalesce(sum(u.requests), 0) FROM usage_daily u "
-    "WHERE u.account_id = s.account_id AND u.key_id = s.key_id AND u.day >= s.first_day) END "
+def _since(column: str) -> str:
+    # One subquery form per case, so that each can use the primary key.
+    return (
+        f"CASE WHEN key_id IS NULL THEN (SELECT coalesce(sum(u.{column}), 0) FROM usage_daily u "
+        "WHERE u.account_id = s.account_id AND u.day >= s.first_day) "
+        f"ELSE (SELECT coalesce(sum(u.{column}), 0) FROM usage_daily u "
+        "WHERE u.account_id = s.account_id AND u.key_id = s.key_id AND u.day >= s.first_day) END"
+    )
+
+
+MONTH_USAGE = (
+    f"SELECT {_since('requests')}, {_since('credits')} "
     "FROM (SELECT key AS n, json_extract(value, '$[0]') AS account_id, "
     "json_extract(value, '$[1]') AS key_id, json_extract(value, '$[2]') AS first_day "
     "FROM json_each(?1)) s ORDER BY s.n"
