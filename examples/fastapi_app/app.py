@@ -7,7 +7,8 @@ at `GET /api/v1/usage`, and self-serve keys at `/api/v1/keys`.
 Storage comes from `METERWARE_STORAGE` (default `sqlite:///meterware.db`), the per-minute
 limits from `METERWARE_RATE_LIMIT_STORAGE` (default: in process). With
 `METERWARE_ADMIN_TOKEN` set, the admin API is served at `/admin`; with `METERWARE_METRICS`
-set, Prometheus metrics at `/metrics`.
+set, Prometheus metrics at `/metrics`. The usage page is at `/portal`, for links made
+with `meterware portal-link` (`METERWARE_PORTAL_SECRET`).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from meterware import (
     KeysApp,
     MeterwareMiddleware,
     MetricsApp,
+    PortalApp,
     cost,
     error_handlers,
     get_caller,
@@ -40,6 +42,7 @@ app.add_middleware(
 if metrics is not None:
     app.add_route("/metrics", MetricsApp(metrics))  # scraped without a key
 app.mount("/api/v1/keys", KeysApp())  # end users manage their own keys, with a key
+app.mount("/portal", PortalApp())  # the usage page, by signed link (METERWARE_PORTAL_SECRET)
 if os.environ.get("METERWARE_ADMIN_TOKEN"):
     app.mount("/admin", AdminApp())  # the operator's API, behind the admin token
 

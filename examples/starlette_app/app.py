@@ -6,7 +6,9 @@
 Storage comes from `METERWARE_STORAGE` (default `sqlite:///meterware.db`), the per-minute
 limits from `METERWARE_RATE_LIMIT_STORAGE` (default: in process). Create keys with the
 `meterware keys create` command. With `METERWARE_ADMIN_TOKEN` set, the admin API is
-served at `/admin`; with `METERWARE_METRICS` set, Prometheus metrics at `/metrics`.
+served at `/admin`; with `METERWARE_METRICS` set, Prometheus metrics at `/metrics`. The
+usage page is at `/portal`, for links made with `meterware portal-link`
+(`METERWARE_PORTAL_SECRET`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from meterware import (
     KeysApp,
     MeterwareMiddleware,
     MetricsApp,
+    PortalApp,
     error_handlers,
     get_caller,
     metrics_from_env,
@@ -57,6 +60,7 @@ routes: list[BaseRoute] = [
     Route("/api/external/v1/websites", websites),
     Route("/api/external/v1/websites/{website_id}/stats", website_stats),
     Mount("/api/external/v1/keys", KeysApp()),  # end users manage their own keys
+    Mount("/portal", PortalApp()),  # the usage page, by signed link
     Route("/health", health),
 ]
 if os.environ.get("METERWARE_ADMIN_TOKEN"):

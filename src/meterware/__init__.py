@@ -18,6 +18,7 @@ from meterware.keys import Account, ApiKey, Caller, KeyResolver, SecretHasher
 from meterware.metering import Cost, cost
 from meterware.metrics import Metrics, MetricsApp, metrics_from_env
 from meterware.middleware import MeterwareMiddleware
+from meterware.portalapp import PortalApp
 from meterware.responses import error_handlers
 from meterware.runtime import get_caller, set_cost
 from meterware.selfserve import KeysApp
@@ -47,6 +48,7 @@ __all__ = [
     "Metrics",
     "MetricsApp",
     "NotFound",
+    "PortalApp",
     "SecretHasher",
     "Storage",
     "StorageError",

@@ -32,7 +32,7 @@ from meterware.admin import Admin
 from meterware.clock import Clock, system_clock
 from meterware.errors import InvalidValue
 from meterware.jsonapi import JsonRoute, Request, given, unset
-from meterware.responses import Envelope, Refusal, route_path, send_refusal
+from meterware.responses import Envelope, Refusal, route_path, send_refusal, serve_lifespan
 from meterware.runtime import RUNTIME_KEY, Runtime
 from meterware.storage import Storage
 from meterware.tiers import TierTable
@@ -85,6 +85,8 @@ class AdminApp:
         return f"AdminApp(token={'set' if self.token else 'unset'})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # served on its own
+            return await serve_lifespan(receive, send)
         if scope["type"] != "http":
             return  # (no WebSocket here: an unaccepted connection is refused)
         runtime = scope.get(RUNTIME_KEY)
@@ -254,6 +256,18 @@ async def credits(r: Request) -> tuple[int, Any]:
     return 200, (await r.context.credits(r.params["account_id"])).as_dict()
 
 
+async def portal_link(r: Request) -> tuple[int, Any]:
+    body = r.body.only(("base_url", "expires_in_minutes"))
+    base_url = body.text("base_url", required=True)
+    minutes = body.number("expires_in_minutes", low=0.1)
+    admin: Admin = r.context
+    account = await admin.get_account(r.params["account_id"])
+    url, expires_at = admin.portal_link(
+        account.id, base_url, expires_in=900.0 if unset(minutes) else minutes * 60
+    )
+    return 201, {"url": url, "expires_at": iso(expires_at)}
+
+
 async def usage(r: Request) -> tuple[int, Any]:
     query = r.query
     unknown = set(query) - {"account", "key", "from", "to", "by"}
@@ -288,6 +302,11 @@ ROUTES = (
               body={"amount": {"type": "integer", "minimum": 1}, "expires_at": _TIME,
                     "grant_id": _S},
               required=("amount",), status=201),
+    JsonRoute("POST", "/accounts/{account_id}/portal-link", portal_link,
+              "A signed, short-lived link to the account's usage page",
+              body={"base_url": _S, "expires_in_minutes": {"type": "number", "minimum": 0.1,
+                                                           "maximum": 1440}},
+              required=("base_url",), status=201),
     JsonRoute("GET", "/keys", list_keys, "List keys", query=("account",)),
     JsonRoute("POST", "/keys", create_key, "Create a key; its secret, shown once",
               body={"name": _S, "account_id": _S, "tier": _S_NULL,

@@ -86,6 +86,17 @@ def route_path(scope: Mapping[str, Any]) -> str:
     return path[len(root) :] if root and path.startswith(root) else path
 
 
+async def serve_lifespan(receive: Receive, send: Send) -> None:
+    """Complete the ASGI lifespan protocol for an app with nothing to start or stop
+    (served on its own rather than mounted)."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            return await send({"type": "lifespan.shutdown.complete"})
+
+
 def display_header(header: str) -> str:
     """`x-api-key` -> `X-API-Key`; a name given with capitals is kept as given."""
     if header != header.lower():

@@ -33,7 +33,14 @@ from meterware.admin import Admin
 from meterware.errors import ConfigurationError, InvalidValue, NotFound
 from meterware.jsonapi import JsonRoute, Request, unset
 from meterware.keys import ApiKey, Caller
-from meterware.responses import UNAUTHORIZED, Refusal, challenges, route_path, send_refusal
+from meterware.responses import (
+    UNAUTHORIZED,
+    Refusal,
+    challenges,
+    route_path,
+    send_refusal,
+    serve_lifespan,
+)
 from meterware.runtime import SCOPE_KEY, Call
 from meterware.views import iso, key_status
 
@@ -75,6 +82,8 @@ class KeysApp:
         return paths, {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":  # served on its own
+            return await serve_lifespan(receive, send)
         if scope["type"] != "http":
             return
         call = scope.get(SCOPE_KEY)

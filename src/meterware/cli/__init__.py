@@ -13,6 +13,7 @@ meterware credits grant ACCOUNT AMOUNT [--expires-in DAYS] [--id GRANT_ID]
 meterware credits show ACCOUNT
 meterware usage [--account ID | --key ID] [--from DAY] [--to DAY] [--by B] [--csv]
 meterware export --sink stripe|cloudevents|lago|jsonl|csv [--url URL] [--follow] ...
+meterware portal-link ACCOUNT --base-url URL [--expires-in MINUTES]
 meterware tiers
 meterware copy SOURCE_URL DEST_URL [--merge]
 ```
@@ -23,7 +24,9 @@ Every command on a store takes `--storage URL` (default `$METERWARE_STORAGE`, el
 and printed only by `create` and `rotate`. A failure is one line on stderr, and the exit
 status says which: 2 a bad command line, 3 an invalid value (in an argument, or one the
 operation refuses), 4 no such account or key,
-5 a conflict with what is stored (a revoked key, an id taken), 1 anything else.
+5 a conflict with what is stored (a revoked key, an id taken), 6 usage events a billing
+system rejected (`export`), 7 another exporter holds the lease (`export`), 1 anything
+else.
 
 The commands are thin: they parse, call `meterware.Admin` (or the storage transfer),
 and print. Each module of this package adds its commands with `register`.
@@ -38,7 +41,7 @@ import time
 from typing import Any
 
 from meterware.admin import Admin
-from meterware.cli import accounts, copy, credits, export, keys, tiers, usage
+from meterware.cli import accounts, copy, credits, export, keys, portal, tiers, usage
 from meterware.cli.args import Parser, UsageError, store_options
 from meterware.cli.output import fail
 from meterware.errors import InvalidValue, MeterwareError
@@ -87,6 +90,7 @@ def parser() -> argparse.ArgumentParser:
     credits.register(commands, common)
     usage.register(commands, common)
     export.register(commands, common)
+    portal.register(commands, common)
     tiers.register(commands, common)
     copy.register(commands)
     return top
