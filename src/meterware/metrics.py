@@ -244,6 +244,15 @@ class Metrics:
         finally:
             self.publish()
 
+    def retire(self) -> None:
+        """This process is done (an exporter run ending): its live gauges leave the
+        multiprocess directory, as gunicorn's `child_exit` does for a worker."""
+        self.publish()
+        if self.multiprocess_dir is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(os.getpid(), self.multiprocess_dir)  # type: ignore[no-untyped-call]
+
     def _forget(self) -> None:
         """Drop the counts not yet published (in a forked child: they are the parent's)."""
         self._requests, self._credits, self._errors = {}, {}, {}
