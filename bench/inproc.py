@@ -197,6 +197,12 @@ def variants(stores: Stores) -> list[Variant]:
         url, secrets = await stores.sqlite(n)
         return apps.meterware_app(url), secrets
 
+    async def sqlite_metrics(n: int) -> tuple[ASGIApp, list[str]]:
+        from meterware.metrics import Metrics
+
+        url, secrets = await stores.sqlite(n)
+        return apps.meterware_app(url, metrics=Metrics()), secrets
+
     async def postgres(n: int) -> tuple[ASGIApp, list[str]]:
         url, secrets = await stores.postgres(n)
         return apps.meterware_app(url), secrets
@@ -211,6 +217,7 @@ def variants(stores: Stores) -> list[Variant]:
         Variant("mw-memory", "+ meterware memory://, no @cost", memory),
         Variant("mw-memory-cost", "+ meterware memory://, @cost(5)", memory_cost),
         Variant("mw-sqlite", "+ meterware SQLite, full pipeline", sqlite),
+        Variant("mw-sqlite-metrics", "+ meterware SQLite, full, Prometheus on", sqlite_metrics),
         Variant("mw-pg", "+ meterware PostgreSQL alone, full", postgres, ("postgres",)),
         Variant(
             "mw-pg-redis",

@@ -29,8 +29,8 @@ from collections.abc import Sequence  # noqa: E402
 from dataclasses import asdict  # noqa: E402
 from typing import Any  # noqa: E402
 
-PARTS = ("inproc", "memory", "trips", "report", "flush", "http", "http2", "workers")
-INCLUDES = {"inproc": ("memory",), "http": ("http2", "workers")}  # a part brings these
+PARTS = ("inproc", "memory", "metrics", "trips", "report", "flush", "http", "http2", "workers")
+INCLUDES = {"inproc": ("memory", "metrics"), "http": ("http2", "workers")}  # brought along
 
 
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -108,6 +108,15 @@ async def main(a: argparse.Namespace) -> dict[str, Any]:
             say(f"report: {results['report']}")
         if "flush" in a.parts:
             results["flush"] = await flush.run(stores, batches=a.flush_batches)
+        if "metrics" in a.parts:
+            from bench import metrics_cost
+
+            path = metrics_cost.request_path(200_000 if a.quick else 1_000_000, a.rounds)
+            results["metrics"] = {
+                "added_ns": path["  added per request"],
+                "added_ns_publishing": path["  added per request, publish included"],
+            }
+            say(f"metrics: {results['metrics']}")
         if "memory" in a.parts:
             results["memory"] = await inproc.measure_memory(a.memory_keys)
             say(f"memory: {results['memory']}")
@@ -243,6 +252,11 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             f"usage report (1M calls, 90 days) {stat} ≤ 20 ms",
             None if rep is None else rep[f"{stat}_ms"], "<=", 20, "ms",
         )  # fmt: skip
+    added = results.get("metrics", {}).get("added_ns_publishing")
+    check(
+        "metrics on: the request path's count + charge ≤ 1 µs per request",
+        None if not added else statistics.median(added) / 1000, "<=", 1, "µs",
+    )  # fmt: skip
     fl = results.get("flush", {}).get("sqlite")
     check(
         "ledger flush (SQLite) ≤ 6 µs/event",
@@ -352,6 +366,14 @@ def table(results: dict[str, Any]) -> str:
         rows.append(
             ("memory", f"{mem['keys']:,}", "process RSS growth (all of it, no tracemalloc)",
              f"{mem['rss_per_key']:.0f} B/key", "", "")
+        )  # fmt: skip
+    if "metrics" in results:
+        mt = results["metrics"]
+        rows.append(
+            ("metrics", "20 label sets", "count + charge per request (every request charged)",
+             f"{statistics.median(mt['added_ns']):.0f} ns/req",
+             f"[{_spread(mt['added_ns'], '{:.0f}')}]; with publish every 10,000: "
+             f"{statistics.median(mt['added_ns_publishing']):.0f} ns", "")
         )  # fmt: skip
     if "trips" in results:
         rows.append(
