@@ -79,7 +79,6 @@ class AdminApp:
         self._token = (self.token or "").encode()
         self._storage, self._tiers, self._pepper = storage, tiers, pepper
         self._key_prefix, self._envelope, self._clock = key_prefix, envelope, clock
-        self._admins: dict[int, Admin] = {}
 
     def __repr__(self) -> str:
         return f"AdminApp(token={'set' if self.token else 'unset'})"
@@ -91,15 +90,8 @@ class AdminApp:
             return  # (no WebSocket here: an unaccepted connection is refused)
         runtime = scope.get(RUNTIME_KEY)
         if isinstance(runtime, Runtime) and self._storage is None:
-            admin = self._admins.get(id(runtime))
-            if admin is None:
-                settings = runtime.settings
-                admin = self._admins[id(runtime)] = Admin(
-                    runtime.store, pepper=settings.pepper, key_prefix=settings.key_prefix,
-                    tiers=runtime.tiers, limit_by=settings.limit_by, clock=runtime.clock,
-                )  # fmt: skip
             envelope = self._envelope or runtime.settings.envelope
-            return await self._serve(scope, receive, send, admin, envelope)
+            return await self._serve(scope, receive, send, runtime.admin, envelope)
         # No middleware in front: this app's own store, open for the request only (a
         # mounted app gets no lifespan to close it at shutdown; admin calls are rare).
         async with Admin(

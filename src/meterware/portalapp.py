@@ -71,10 +71,7 @@ class PortalApp:
             return await _send(send, 503, page)
         runtime = scope.get(RUNTIME_KEY)
         if isinstance(runtime, Runtime) and self._storage is None:
-            settings = runtime.settings
-            admin = Admin(runtime.store, tiers=runtime.tiers, limit_by=settings.limit_by,
-                          clock=runtime.clock)  # fmt: skip
-            return await self._page(scope, send, admin)
+            return await self._page(scope, send, runtime.admin)
         async with Admin(self._storage, tiers=self._tiers, clock=self._clock) as admin:
             await self._page(scope, send, admin)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import Scope
 
 from meterware import config, responses
+from meterware.admin import Admin
 from meterware.admission import Admission, Plan
 from meterware.clock import Clock
 from meterware.config import Settings
@@ -166,6 +168,16 @@ class Runtime:
             self._store_error("keys")
             return self.admission.unavailable(exc)
         return caller if caller is not None else self.unauthorized
+
+    @functools.cached_property
+    def admin(self) -> Admin:
+        """An `Admin` over this runtime's store, hashing keys and reading limits as the
+        middleware does: what the apps behind it (admin, self-serve, usage page) use."""
+        settings = self.settings
+        return Admin(
+            self.store, pepper=settings.pepper, key_prefix=settings.key_prefix,
+            tiers=self.tiers, limit_by=settings.limit_by, clock=self.clock,
+        )  # fmt: skip
 
     def observe(self, outcome: str, caller: Caller | None, action: str, now: float) -> None:
         """Count a request's outcome: in the metrics (when on), and in the ledger when a

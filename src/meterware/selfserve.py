@@ -66,7 +66,6 @@ class KeysApp:
             raise ConfigurationError("max_grace must be >= 0 seconds")
         self.max_keys = max_keys
         self.max_grace = max_grace
-        self._admins: dict[int, Admin] = {}
 
     def __repr__(self) -> str:
         return f"KeysApp(max_keys={self.max_keys})"
@@ -96,15 +95,8 @@ class KeysApp:
         headers = call.headers or []
         if call.caller.permission != "full_access" or call.caller.key_id is None:
             return await send_refusal(send, envelope, FULL_ACCESS_ONLY, now, headers)
-        admin = self._admins.get(id(runtime))
-        if admin is None:
-            settings = runtime.settings
-            admin = self._admins[id(runtime)] = Admin(
-                runtime.store, pepper=settings.pepper, key_prefix=settings.key_prefix,
-                tiers=runtime.tiers, limit_by=settings.limit_by, clock=runtime.clock,
-            )  # fmt: skip
         path = route_path(scope) or "/"
-        context = _Context(admin, call.caller, self)
+        context = _Context(runtime.admin, call.caller, self)
         await jsonapi.serve(
             scope, receive, send, routes=ROUTES, path=path, envelope=envelope, now=now,
             context=context, headers=[*headers, (b"cache-control", b"no-store")],
