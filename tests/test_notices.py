@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,30 @@ def test_thresholds_once_across_two_workers_and_a_restart(tmp_path: Path) -> Non
     assert sorted(n.data["percent"] for n in notices if n.type == "quota.threshold") == [
         50, 80, 100]  # fmt: skip
     assert len(thresholds) == len(set(thresholds)) == 3
+
+
+@pytest.mark.slow
+async def test_the_app_delivers_signed_webhooks(sqlite_store: Storage, clock: FakeClock) -> None:
+    """With an endpoint configured, the running app delivers each notice to it, signed
+    as Standard Webhooks says (the receiver verifies with `standardwebhooks`), once."""
+    from meterware import WebhookEndpoint
+    from meterware.webhooks import new_secret
+    from tests.webhook_receiver import WebhookReceiver
+
+    clock.now = time.time()  # signatures carry the time: the receiver checks it is recent
+    secret = new_secret()
+    with WebhookReceiver(secret) as receiver:
+        endpoint = WebhookEndpoint(receiver.url, secret)
+        app = starlette_app(sqlite_store, clock, tiers=TIERS, webhooks=[endpoint])
+        admin = Admin(sqlite_store, tiers=TIERS, clock=clock)
+        async with serve(app):
+            key, _ = await admin.create_key(name="hooked", tier="ten")
+            await admin.revoke_key(key.id)
+            for _ in range(100):  # the sender polls every second
+                if receiver.distinct() >= 2:
+                    break
+                await asyncio.sleep(0.05)
+        assert receiver.bad_signatures == 0
+        assert [receiver.payloads[i]["type"] for i in receiver.deliveries] == [
+            "key.created", "key.revoked"]  # fmt: skip
+        assert receiver.duplicates() == 0

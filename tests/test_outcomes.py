@@ -166,3 +166,27 @@ def test_two_workers_count_the_mix_exactly(tmp_path: Path) -> None:
         ("forbidden", "tight", "website_stats"): 2,
     }
     assert all(found == expected for found in scrapes), scrapes
+
+
+async def test_mounted_apps_have_bounded_actions(sqlite_store: Storage, clock: FakeClock) -> None:
+    """Requests to a mounted app without @cost are counted under the app's action, never
+    under their path (ids in paths); `/keys` without its slash is the keys app's redirect,
+    rate-limited like it and never counted toward the month."""
+    from starlette.routing import Mount
+
+    from meterware import KeysApp
+
+    metrics = Metrics()
+    routes = [*ROUTES, Mount("/keys", KeysApp()), Route("/metrics", MetricsApp(metrics))]
+    app = starlette_app(sqlite_store, clock, routes=routes, metrics=metrics)
+    key, secret = await new_key(sqlite_store, clock, tier="pro")
+    async with serve(app) as client:
+        bare = await client.get("/keys", headers=bearer(secret), follow_redirects=False)
+        listed = await client.get("/keys/", headers=bearer(secret))
+        rotated = await client.post(f"/keys/{key.id}/rotate", headers=bearer(secret))
+        scraped = (await client.get("/metrics")).text
+        await runtime_of(app).meter.flush()
+    assert (bare.status_code, listed.status_code, rotated.status_code) == (307, 200, 200)
+    assert "ratelimit" in bare.headers
+    assert requests_by_label(scraped) == {("admitted", "pro", "keys"): 3}
+    assert (await sqlite_store.totals(account_id=key.account_id, key_id=key.id)).requests == 0

@@ -5,7 +5,7 @@ at `GET /api/v1/usage`, and self-serve keys at `/api/v1/keys`.
     python examples/fastapi_app/app.py                  # create a demo key, then serve it
 
 Storage comes from `METERWARE_STORAGE` (default `sqlite:///meterware.db`), the per-minute
-limits from `METERWARE_RATE_LIMIT_STORAGE` (default: in process). With
+limits from `METERWARE_RATE_LIMIT_STORAGE` (default: the main store). With
 `METERWARE_ADMIN_TOKEN` set, the admin API is served at `/admin`; with `METERWARE_METRICS`
 set, Prometheus metrics at `/metrics`. The usage page is at `/portal`, for links made
 with `meterware portal-link` (`METERWARE_PORTAL_SECRET`).

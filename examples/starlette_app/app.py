@@ -4,7 +4,7 @@
     uvicorn --app-dir examples/starlette_app app:app
 
 Storage comes from `METERWARE_STORAGE` (default `sqlite:///meterware.db`), the per-minute
-limits from `METERWARE_RATE_LIMIT_STORAGE` (default: in process). Create keys with the
+limits from `METERWARE_RATE_LIMIT_STORAGE` (default: the main store). Create keys with the
 `meterware keys create` command. With `METERWARE_ADMIN_TOKEN` set, the admin API is
 served at `/admin`; with `METERWARE_METRICS` set, Prometheus metrics at `/metrics`. The
 usage page is at `/portal`, for links made with `meterware portal-link`

@@ -23,8 +23,10 @@ from meterware.responses import error_handlers
 from meterware.runtime import get_caller, set_cost
 from meterware.selfserve import KeysApp
 from meterware.storage import Storage, storage_from_url
+from meterware.storage.records import Notice
 from meterware.tiers import DEFAULT_TIERS, Tier, TierTable
 from meterware.usage import UsageApp
+from meterware.webhooks import WebhookEndpoint, WebhookSender, endpoints_from_env
 
 __version__ = "0.1.0"
 
@@ -48,6 +50,7 @@ __all__ = [
     "Metrics",
     "MetricsApp",
     "NotFound",
+    "Notice",
     "PortalApp",
     "SecretHasher",
     "Storage",
@@ -58,8 +61,11 @@ __all__ = [
     "UsageApp",
     "UsageLine",
     "UsageReport",
+    "WebhookEndpoint",
+    "WebhookSender",
     "__version__",
     "cost",
+    "endpoints_from_env",
     "error_handlers",
     "get_caller",
     "metrics_from_env",

@@ -62,6 +62,7 @@ class AdminApp:
     - `clock` - returns Unix time, when no middleware is in front.
     """
 
+    meterware_action = "admin"  # its action in metrics and the ledger
     meterware_exempt = True  # authenticates its own requests: the middleware lets them by
 
     def __init__(

@@ -11,6 +11,11 @@ same thing to every part of meterware:
 | `METERWARE_TIERS` | the tier table (JSON, or a JSON file's path) | reference B's table |
 | `METERWARE_RATE_LIMIT_STORAGE` | where per-minute windows live | the main store |
 | `METERWARE_LIMIT_BY` | `key` or `account`: whose counters limits are kept in | `key` |
+| `METERWARE_OUTBOX` | write the usage outbox with the ledger (`meterware export`) | off |
+| `METERWARE_ADMIN_TOKEN` | the admin app's bearer token (`AdminApp`) | none: 503 |
+| `METERWARE_PORTAL_SECRET` | what usage-page links are signed with (`PortalApp`) | none: 503 |
+| `METERWARE_METRICS` | Prometheus metrics (`metrics_from_env`) | off |
+| `METERWARE_WEBHOOK_URL`, `_SECRET` | a webhook endpoint for notices | none |
 """
 
 from __future__ import annotations
@@ -79,7 +84,7 @@ def limit_by(given: str | None = None) -> str:
 
 def window_storage(given: str | None = None) -> str | None:
     """Where per-minute windows live: `given`, else `METERWARE_RATE_LIMIT_STORAGE`, else
-    None (in process)."""
+    None (the main store)."""
     return given if given is not None else env("RATE_LIMIT_STORAGE")
 
 

@@ -23,7 +23,7 @@ from starlette.datastructures import QueryParams
 from starlette.types import Receive, Scope, Send
 
 from meterware.clock import isoformat_ms
-from meterware.errors import InvalidValue, MeterwareError, StorageError
+from meterware.errors import ConfigurationError, InvalidValue, MeterwareError, StorageError
 from meterware.responses import (
     RETRY_STORAGE,
     Envelope,
@@ -186,6 +186,9 @@ async def serve(
             log.warning("%s %s: %s", scope["method"], path, exc)
             refusal = Refusal(503, _CODES[503], "Usage storage is unavailable")
             return await send_refusal(send, envelope, refusal, now, [*extra, RETRY_STORAGE])
+        except ConfigurationError as exc:  # the server's setup, not the request
+            refusal = Refusal(503, "NOT_CONFIGURED", str(exc))
+            return await send_refusal(send, envelope, refusal, now, extra)
         except MeterwareError as exc:
             status = exc.http_status if exc.http_status in _CODES else 400
             refusal = Refusal(status, _CODES[status], str(exc))

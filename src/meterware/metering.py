@@ -104,14 +104,38 @@ class RouteCosts:
 
     def _find(self, scope: Scope, routes: Iterable[Any] | None) -> RouteInfo:
         matched = _match(dict(scope), routes or ())
+        if matched is None and not scope["path"].endswith("/"):
+            # `/keys` for an app mounted at `/keys`: the router redirects it to `/keys/`,
+            # and the redirect is that app's (exempt or unmetered as it is).
+            slashed = _match({**scope, "path": scope["path"] + "/"}, routes or ())
+            if slashed is not None and _is_app(slashed[0]):
+                matched = slashed
         if matched is None:  # one action for every unmatched path, not one per path
             return RouteInfo(None, Cost(self.default, "default", "default"), {})
         endpoint, params = matched
         declared = declared_cost(endpoint, _method(scope))
         if declared is None:
-            name = getattr(endpoint, "__name__", None) or scope["path"]
+            name = action_of(endpoint)
             declared = Cost(self.default, name, name)
         return RouteInfo(endpoint, declared, params)
+
+
+def action_of(endpoint: Any) -> str:
+    """The action of an endpoint without `@cost`: its `meterware_action`, its function's
+    name, or its class's (never the request's path: ids in paths would make one action
+    per id)."""
+    return str(
+        getattr(endpoint, "meterware_action", None)
+        or getattr(endpoint, "__name__", None)
+        or type(endpoint).__name__
+    )
+
+
+def _is_app(endpoint: Any) -> bool:
+    return bool(
+        getattr(endpoint, "meterware_exempt", False)
+        or getattr(endpoint, "meterware_unmetered", False)
+    )
 
 
 def _method(scope: Scope) -> str:

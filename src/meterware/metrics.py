@@ -268,6 +268,7 @@ class MetricsApp:
     asks for it, gzipped when accepted unless `disable_compression`.
     """
 
+    meterware_action = "metrics"  # its action in metrics and the ledger
     meterware_exempt = True  # scraped without an API key
 
     def __init__(self, metrics: Metrics, *, disable_compression: bool = False) -> None:

@@ -25,7 +25,7 @@ accepted (with status 101 for the `charge` rule), the rate-limit headers on the 
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -43,6 +43,7 @@ from meterware.runtime import RUNTIME_KEY, SCOPE_KEY, Call, Runtime
 from meterware.storage import Storage
 from meterware.tiers import TierTable
 from meterware.usage import UsageApp, UsageFormat
+from meterware.webhooks import WebhookEndpoint, endpoints_from_env
 
 __all__ = ["MeterwareMiddleware"]
 
@@ -88,6 +89,7 @@ class MeterwareMiddleware:
         outbox: bool | None = None,
         metrics: Metrics | None = None,
         on_notice: Hook | None = None,
+        webhooks: Sequence[WebhookEndpoint] | None = None,
         clock: Clock = system_clock,
     ) -> None:
         self.app = app
@@ -112,6 +114,7 @@ class MeterwareMiddleware:
             routes_of=self._routes,
             metrics=metrics,
             on_notice=on_notice,
+            webhooks=endpoints_from_env() if webhooks is None else webhooks,
         )
         self.usage_app = UsageApp(settings.usage_format)
         self._documented = False
@@ -163,8 +166,8 @@ class MeterwareMiddleware:
                 return await self._deny(scope, receive, send, limited, now, caller, action)
             rt.observe("admitted", caller, action, now)
             call.headers = rt.admission.headers(plan, now)
-            if unmetered:  # routed by the app as usual (it may be mounted)
-                return await self.app(scope, receive, send)
+            if unmetered:  # routed by the app as usual (it may be mounted, or redirect)
+                return await self.app(scope, receive, _with_headers(send, call.headers))
             return await self.usage_app(scope, receive, send)
 
         hold = await rt.admission.admit(plan, route.cost, now)
@@ -275,3 +278,14 @@ _LIFESPAN_ENDS = (
     "lifespan.shutdown.complete",
     "lifespan.shutdown.failed",
 )
+
+
+def _with_headers(send: Send, headers: list[tuple[bytes, bytes]]) -> Send:
+    """`send`, adding the rate-limit headers to the response (unless it has them)."""
+
+    async def sending(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = merge_headers(message.get("headers", ()), headers)
+        await send(message)
+
+    return sending

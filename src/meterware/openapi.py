@@ -125,7 +125,11 @@ def _complete(
                     {"credits": cost.credits, "action": cost.action, "label": cost.label},
                 )
                 responses.setdefault(
-                    "402", _error("Monthly credit allowance exceeded (`INSUFFICIENT_CREDITS`).")
+                    "402",
+                    _error(
+                        "The monthly credit allowance and the prepaid balance cannot cover "
+                        "the call (`INSUFFICIENT_CREDITS`)."
+                    ),
                 )
             for status, response in responses.items():
                 if status not in ("401", "503"):  # every other answer carries them

@@ -40,6 +40,7 @@ class PortalApp:
     - `storage`, `tiers`, `clock` - used when no middleware is in front.
     """
 
+    meterware_action = "portal"  # its action in metrics and the ledger
     meterware_exempt = True  # the signed link is the access: no API key
 
     def __init__(

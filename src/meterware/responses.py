@@ -58,7 +58,11 @@ FORBIDDEN_SITE = Refusal(403, "FORBIDDEN", "This API key cannot access this webs
 FORBIDDEN_TIER = Refusal(403, "FORBIDDEN", "This API key's tier is not configured")
 RATE_LIMITED = Refusal(429, "RATE_LIMITED", "Rate limit exceeded")
 QUOTA_EXCEEDED = Refusal(429, "QUOTA_EXCEEDED", "Monthly request quota exceeded")
-INSUFFICIENT_CREDITS = Refusal(402, "INSUFFICIENT_CREDITS", "Monthly credit allowance exceeded")
+INSUFFICIENT_CREDITS = Refusal(
+    402,
+    "INSUFFICIENT_CREDITS",
+    "Not enough credits: the monthly allowance and prepaid balance cannot cover this call",
+)
 STORAGE_UNAVAILABLE = Refusal(503, "STORAGE_UNAVAILABLE", "Usage storage is unavailable")
 BAD_DAYS = Refusal(400, "BAD_REQUEST", "days must be an integer from 1 to 90")
 BAD_KEY_ID = Refusal(400, "BAD_REQUEST", "keyId is not a valid key id")

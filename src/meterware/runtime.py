@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,6 +44,7 @@ from meterware.responses import Denial, Headers, RateLimitHeaders
 from meterware.storage import Storage, storage_from_url
 from meterware.storage.records import OUTCOME_FIELDS, Notice
 from meterware.tiers import TierTable
+from meterware.webhooks import WebhookEndpoint, WebhookSender
 from meterware.windows import WINDOW, window_store
 
 __all__ = ["RUNTIME_KEY", "SCOPE_KEY", "Call", "Runtime", "get_caller", "set_cost"]
@@ -71,6 +72,7 @@ class Runtime:
         routes_of: Callable[[Scope], Iterable[Any] | None] = lambda scope: None,
         metrics: Metrics | None = None,
         on_notice: Hook | None = None,
+        webhooks: Sequence[WebhookEndpoint] = (),
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -142,6 +144,9 @@ class Runtime:
             self.store, hook=on_notice, timeout=settings.background_timeout, clock=clock
         )
         self.admission.outages.listener = self._outage
+        self.webhooks = list(webhooks)
+        self._webhooks_stop = asyncio.Event()
+        self._sending: asyncio.Task[None] | None = None
         self._expiries_seen = 0.0  # keys that expired before this were noticed
         self._plans: dict[int, Plan] = {}
         self._started = False
@@ -263,6 +268,10 @@ class Runtime:
                 ),
             ]
             self._tasks.append(loop.create_task(self._every(NOTICES_EVERY, self.notices)))
+            if self.webhooks:  # (one process at a time delivers to an endpoint: a lease)
+                sender = WebhookSender(self.store, self.webhooks, clock=self.clock)
+                self._webhooks_stop.clear()
+                self._sending = loop.create_task(sender.run(self._webhooks_stop))
             if self.metrics is not None:
                 self._tasks.append(loop.create_task(self.metrics.publish_every(1.0)))
             self._started = True
@@ -302,6 +311,12 @@ class Runtime:
             except StorageError as exc:
                 log.warning("could not return unused quota at shutdown: %s", exc)
         await self.notifier.close()
+        if self._sending is not None:  # stopped, not cancelled: a delivery in flight ends first
+            self._webhooks_stop.set()
+            try:
+                await asyncio.wait_for(self._sending, timeout=self.settings.background_timeout + 1)
+            except (asyncio.TimeoutError, StorageError) as exc:
+                log.warning("the webhook sender did not stop cleanly: %r", exc)
         if self.minutes is not self.leases:
             await self.minutes.store.close()
         if self._owns_store:

@@ -57,6 +57,7 @@ class KeysApp:
     - `max_grace` - the longest rotation grace period, in seconds. Defaults to 7 days.
     """
 
+    meterware_action = "keys"  # its action in metrics and the ledger
     meterware_unmetered = True  # behind the middleware: rate-limited, never counted
 
     def __init__(self, *, max_keys: int = 10, max_grace: float = 7 * DAY) -> None:

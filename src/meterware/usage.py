@@ -38,6 +38,7 @@ _DAYS = re.compile(r"[0-9]{1,3}")
 class UsageApp:
     """An ASGI app answering `GET` with the caller's usage in one of the two formats."""
 
+    meterware_action = "usage"  # its action in metrics and the ledger
     meterware_unmetered = True  # behind the middleware: rate-limited, never counted
 
     def __init__(self, format: UsageFormat = "quota") -> None:

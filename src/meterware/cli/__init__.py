@@ -14,6 +14,7 @@ meterware credits show ACCOUNT
 meterware usage [--account ID | --key ID] [--from DAY] [--to DAY] [--by B] [--csv]
 meterware export --sink stripe|cloudevents|lago|jsonl|csv [--url URL] [--follow] ...
 meterware portal-link ACCOUNT --base-url URL [--expires-in MINUTES]
+meterware webhooks deliver [--follow] | test | rejected
 meterware tiers
 meterware copy SOURCE_URL DEST_URL [--merge]
 ```
@@ -41,7 +42,7 @@ import time
 from typing import Any
 
 from meterware.admin import Admin
-from meterware.cli import accounts, copy, credits, export, keys, portal, tiers, usage
+from meterware.cli import accounts, copy, credits, export, keys, portal, tiers, usage, webhooks
 from meterware.cli.args import Parser, UsageError, store_options
 from meterware.cli.output import fail
 from meterware.errors import InvalidValue, MeterwareError
@@ -91,6 +92,7 @@ def parser() -> argparse.ArgumentParser:
     usage.register(commands, common)
     export.register(commands, common)
     portal.register(commands, common)
+    webhooks.register(commands, common)
     tiers.register(commands, common)
     copy.register(commands)
     return top

@@ -34,19 +34,15 @@ exporter holds the lease. When several apply, the first in the order 1, 7, 6. Se
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import json
-import logging
-import signal
-import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import date
 from typing import Any
 
 from meterware.admin import Admin
 from meterware.cli.args import UsageError, day_arg, number
 from meterware.cli.output import pairs, short, table
+from meterware.cli.sidecar import GaveUp, LeaseHeld, Rejected, log_to_stderr, stopping
 from meterware.clock import isoformat_ms, midnight
 from meterware.errors import MeterwareError
 from meterware.export.exporter import Exporter, Summary
@@ -68,22 +64,6 @@ REQUIRED = {"stripe": "event_name", "cloudevents": "url", "lago": "code", "jsonl
 """The option each sink cannot do without."""
 
 
-class EventsRejected(MeterwareError):
-    """The sink rejected events: they are reported, kept in the store, never resent."""
-
-    exit_status = 6
-
-
-class LeaseHeld(MeterwareError):
-    """Another exporter holds the reader's lease."""
-
-    exit_status = 7
-
-
-class GaveUp(MeterwareError):
-    """The sink or the store stayed unavailable through every retry."""
-
-
 async def _export(args: argparse.Namespace, admin: Admin, now: float) -> Output:
     reader = args.reader or f"export:{args.sink}"
     if args.rejections:
@@ -99,7 +79,7 @@ async def _export(args: argparse.Namespace, admin: Admin, now: float) -> Output:
         flag = "--" + needed.replace("_", "-")
         raise UsageError(f"meterware export: error: the {args.sink} sink needs {flag} (see --help)")
     since = None if args.since is None else midnight(date.fromisoformat(args.since))
-    with _logging():
+    with log_to_stderr():
         async with sink_from(args.sink, url=args.url, **options) as sink:
             metrics = metrics_from_env()  # the lag gauge, beside the workers' metrics
             exporter = Exporter(
@@ -107,7 +87,7 @@ async def _export(args: argparse.Namespace, admin: Admin, now: float) -> Output:
                 lease_ttl=args.lease_ttl,
                 on_lag=None if metrics is None else _lag_to(metrics),
             )  # fmt: skip
-            with _stopping() as stop:
+            with stopping() as stop:
                 try:
                     summary = await exporter.run(
                         follow=args.follow, poll=args.poll, stop=stop, retries=args.retries
@@ -134,7 +114,7 @@ def _failure(args: argparse.Namespace, summary: Summary) -> MeterwareError | Non
         return LeaseHeld(f"another exporter holds the lease {summary.reader}: nothing more "
                          "was sent")  # fmt: skip
     if summary.rejected:
-        return EventsRejected(
+        return Rejected(
             f"{_events(len(summary.rejected))} REJECTED by {args.sink}, never to be sent again "
             f"(listed above; `meterware export --sink {args.sink} --rejections` lists them all)"
         )
@@ -179,42 +159,6 @@ async def _rejections(admin: Admin, reader: str) -> Output:
     rows = [["SEQ", "ID", "WHEN", "REASON"]]
     rows += [[str(seq), id, short(at), reason] for seq, id, reason, at in found]
     return data, f"Rejected for {reader}:\n\n{table(rows)}"
-
-
-@contextlib.contextmanager
-def _stopping() -> Iterator[asyncio.Event]:
-    """An event set by SIGTERM or SIGINT while the block runs."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    handled = []
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.add_signal_handler(sig, stop.set)
-            handled.append(sig)
-    try:
-        yield stop
-    finally:
-        for sig in handled:
-            loop.remove_signal_handler(sig)
-
-
-@contextlib.contextmanager
-def _logging() -> Iterator[None]:
-    """meterware's log on stderr while the block runs, unless the host configured it."""
-    logger = logging.getLogger("meterware")
-    if logger.handlers or logging.getLogger().handlers:
-        yield
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    level = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
 
 
 def _lag_to(metrics: Metrics) -> Callable[[float], None]:

@@ -109,7 +109,7 @@ async def _rotate(args: argparse.Namespace, admin: Admin, now: float) -> Output:
 
 def register(commands: Any, common: argparse.ArgumentParser) -> None:
     """Add `keys` and its subcommands to the command line."""
-    keys = commands.add_parser("keys", help="create, list, show, revoke or rotate keys")
+    keys = commands.add_parser("keys", help="create, list, show, update, revoke or rotate keys")
     group = keys.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
     def command(name: str, run: Any, summary: str) -> argparse.ArgumentParser:
