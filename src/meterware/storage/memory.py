@@ -51,6 +51,8 @@ class MemoryStorage(Storage, Transferable):
         self._secrets: dict[str, tuple[str, float | None]] = {}
         self._counters = LocalCounters()
         self._daily: dict[tuple[str, str, str, str], Rollup] = {}
+        # The same rows by account: a key's totals and month must not scan every account's.
+        self._by_account: dict[str, list[Rollup]] = {}
         self._labels: dict[str, str] = {}
         self._grants: dict[tuple[str, str], CreditGrant] = {}
         self._draws: dict[tuple[str, str, str, str], BalanceDraw] = {}
@@ -178,9 +180,11 @@ class MemoryStorage(Storage, Transferable):
         for r in batch.rollups:
             # Keyed by account too: account-level rollups (key_id "") of two accounts
             # must not share a row.
-            row = self._daily.get((r.account_id, r.key_id, r.action, r.day))
+            where = (r.account_id, r.key_id, r.action, r.day)
+            row = self._daily.get(where)
             if row is None:
-                self._daily[(r.account_id, r.key_id, r.action, r.day)] = dataclasses.replace(r)
+                row = self._daily[where] = dataclasses.replace(r)
+                self._by_account.setdefault(r.account_id, []).append(row)
             else:
                 row.add(r)
         self._labels.update(batch.labels)
@@ -202,8 +206,8 @@ class MemoryStorage(Storage, Transferable):
     def _rows(self, account_id: str, key_id: str | None, first: str, last: str) -> list[Rollup]:
         return [
             r
-            for (aid, kid, _, day), r in self._daily.items()
-            if aid == account_id and (key_id is None or kid == key_id) and first <= day <= last
+            for r in self._by_account.get(account_id, ())
+            if (key_id is None or r.key_id == key_id) and first <= r.day <= last
         ]
 
     async def usage(
