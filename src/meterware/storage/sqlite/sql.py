@@ -131,7 +131,7 @@ FROM_V1 = (
     "ALTER TABLE usage_daily ADD COLUMN requests INTEGER NOT NULL DEFAULT 0",
     "ALTER TABLE usage_daily ADD COLUMN last_used_at REAL",
 )
-"""Schema 1 to 2, before its rows move (see `sql.v1_to_v2`)."""
+"""Schema 1 to 2, before its rows move (see `storage.sql.v1_to_v2`)."""
 
 FROM_V2_ACCOUNTS = (
     "ALTER TABLE accounts ADD COLUMN tier TEXT NOT NULL DEFAULT 'free'",
@@ -147,7 +147,7 @@ FROM_V2_KEYS = (
     "ALTER TABLE keys DROP COLUMN tier",
     "ALTER TABLE keys RENAME COLUMN own_tier TO tier",
 )
-"""Schema 2 to 3, around `sql.v2_to_v3` (accounts first, then keys, then its statements)."""
+"""Schema 2 to 3, around `storage.sql.v2_to_v3` (accounts first, then keys, then its statements)."""
 
 V1_KEYS = "SELECT id, account_id, billing_anchor_day, total_requests, last_used_at FROM keys"
 V1_COUNTERS = "SELECT subject, period, count FROM counters"
