@@ -11,21 +11,27 @@ several counters in one round trip, and say how many were granted. The admission
 
 Optional capabilities are mixins a backend adds (in the spirit of `limits`' storage
 capabilities): `Transferable` reads a whole store at once, for `meterware copy`.
+The helpers backends share are in `meterware.storage.helpers` (its functions re-exported
+here); the handling of drivers' errors that `Storage` inherits is `meterware.storage.drivers`.
 """
 
 from __future__ import annotations
 
 import abc
-import functools
-import inspect
-import re
-import warnings
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Sequence
 from types import TracebackType
-from typing import Any, ClassVar, TypeVar
+from typing import Any
 
-from meterware.errors import InvalidValue, StorageError, StorageUnavailable
 from meterware.keys import Account, ApiKey
+from meterware.storage.drivers import DriverSupport
+from meterware.storage.helpers import (
+    check_account_updatable,
+    check_updatable,
+    outbox_id,
+    redact,
+    retiring,
+    spending_order,
+)
 from meterware.storage.records import (
     BalanceDraw,
     Claim,
@@ -39,8 +45,6 @@ from meterware.storage.records import (
     UsageBatch,
     UsageRow,
 )
-
-_F = TypeVar("_F", bound=Callable[..., Coroutine[Any, Any, Any]])
 
 __all__ = [
     "Storage",
@@ -57,62 +61,9 @@ SCHEMA_VERSION = 4
 
 FIRST_DAY, LAST_DAY = "0000-01-01", "9999-12-31"  # bounds of every UTC day
 
-UPDATABLE_KEY_FIELDS = frozenset({
-    "name", "tier", "permission", "website_id", "expires_at", "revoked_at",
-    "per_minute", "monthly_limit", "monthly_credits", "billing_anchor_day",
-})  # fmt: skip
-"""The `ApiKey` fields `update_key` may change; any other name is an `InvalidValue`."""
 
-
-UPDATABLE_ACCOUNT_FIELDS = frozenset({"tier", "name", "external_id", "stripe_customer_id"})
-"""The `Account` fields `update_account` may change."""
-
-
-def check_updatable(changes: dict[str, Any]) -> None:
-    """`InvalidValue` if `changes` names a field `update_key` may not change."""
-    unknown = set(changes) - UPDATABLE_KEY_FIELDS
-    if unknown:
-        raise InvalidValue(f"cannot update {sorted(unknown)}")
-
-
-def check_account_updatable(changes: dict[str, Any]) -> None:
-    """`InvalidValue` if `changes` names a field `update_account` may not change, or
-    sets the tier to None (an account always has a plan)."""
-    unknown = set(changes) - UPDATABLE_ACCOUNT_FIELDS
-    if unknown:
-        raise InvalidValue(f"cannot update {sorted(unknown)}")
-    if "tier" in changes and changes["tier"] is None:
-        raise InvalidValue("an account's tier cannot be None")
-
-
-class Storage(abc.ABC):
+class Storage(DriverSupport, abc.ABC):
     """Base class of every backend. Use it as `async with store:` or `open()`/`close()`."""
-
-    driver_errors: ClassVar[tuple[type[Exception], ...]] = ()
-    """The driver's exceptions; the public methods re-raise them as `StorageError`."""
-
-    unavailable_errors: ClassVar[tuple[type[Exception], ...]] = ()
-    """Those of them that mean the server cannot be reached: `StorageUnavailable`."""
-
-    resource_attribute: ClassVar[str | None] = None
-    """The attribute holding a connection or pool while open: a store garbage-collected
-    with it still set was never closed, which gets a `ResourceWarning`."""
-
-    def __del__(self) -> None:
-        name = self.resource_attribute
-        if name is not None and getattr(self, name, None) is not None:  # __init__ may have raised
-            warnings.warn(
-                f"{self!r} was never closed: call `await store.close()` or use `async with`",
-                ResourceWarning,
-                stacklevel=1,
-            )
-
-    def __init_subclass__(cls, **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        if cls.driver_errors:
-            for name, member in list(vars(cls).items()):
-                if not name.startswith("_") and inspect.iscoroutinefunction(member):
-                    setattr(cls, name, _wrap_errors(member, cls.driver_errors))
 
     def __init__(self, url: str = "", **options: Any) -> None:
         self.url = url
@@ -121,15 +72,6 @@ class Storage(abc.ABC):
     @property
     def opened(self) -> bool:
         return self._opened
-
-    def _driver_failed(self, exc: Exception) -> None:
-        """A driver error is about to be raised as `StorageError` (a backend may note it,
-        to heal before its next operation)."""
-        return None
-
-    async def _heal(self) -> None:
-        """Called before each operation: a backend that noted trouble heals here."""
-        return None
 
     async def check(self) -> bool:
         """Look for trouble a store cannot see from its own operations (the runtime calls
@@ -411,65 +353,3 @@ class Transferable(abc.ABC):
     @abc.abstractmethod
     async def exists(self) -> bool:
         """Whether a store exists there already (`open` would create one)."""
-
-
-def spending_order(grant: CreditGrant) -> tuple[bool, float, float, str]:
-    """The order grants are spent in: soonest expiry first, never-expiring last."""
-    never = grant.expires_at is None
-    return never, grant.expires_at or 0.0, grant.granted_at, grant.grant_id
-
-
-def outbox_id(store_id: str, seq: int) -> str:
-    """The identifier of outbox event `seq` of the store `store_id`: the same every time
-    it is read, and different in every store (two deployments sending to one billing
-    system)."""
-    return f"mwu_{store_id}_{seq}"
-
-
-def retiring(key: ApiKey, secret_expires_at: float | None) -> ApiKey:
-    """`key` as seen through a secret that stops working at `secret_expires_at`."""
-    if secret_expires_at is None:
-        return key
-    if key.expires_at is not None and key.expires_at <= secret_expires_at:
-        return key
-    return key.with_changes(expires_at=secret_expires_at)
-
-
-def _wrap_errors(method: _F, errors: tuple[type[Exception], ...]) -> _F:
-    heals = method.__name__ not in ("open", "close", "check")
-
-    @functools.wraps(method)
-    async def wrapper(self: Storage, *args: Any, **kwargs: Any) -> Any:
-        try:
-            if heals:
-                await self._heal()
-            return await method(self, *args, **kwargs)
-        except errors as exc:
-            self._driver_failed(exc)
-            raise wrap_error(self, exc) from exc
-
-    return wrapper  # type: ignore[return-value]
-
-
-def wrap_error(store: Storage, exc: BaseException) -> StorageError:
-    """A `StorageError` (or `StorageUnavailable`) for a driver's exception."""
-    kind = StorageUnavailable if isinstance(exc, store.unavailable_errors) else StorageError
-    return kind(f"{store!r}: {type(exc).__name__}: {exc}")
-
-
-_SECRET_PARAM = re.compile(r"(?i)([?&](?:password|passwd|pwd)=)[^&#]*")
-
-
-def redact(url: str) -> str:
-    """The URL with any password (userinfo or `?password=`) replaced by `***`."""
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return url
-    main, q, query = rest.partition("?")
-    if "@" in main:
-        userinfo, _, host = main.rpartition("@")
-        user, colon, _ = userinfo.partition(":")
-        main = f"{user}{':***' if colon else ''}@{host}"
-    if q:
-        query = _SECRET_PARAM.sub(r"\1***", q + query)[1:]
-    return f"{scheme}://{main}{q}{query}"

@@ -1,116 +1,27 @@
-"""The end-user usage page: signed links and the HTML, as pure functions.
+"""The usage page's HTML: what it shows (`PortalData`, filled by the host from the ledger)
+and its rendering, inline SVG and no JavaScript (see `meterware.portal`).
 
-Browsers send no API-key headers, so the host gives a customer a link instead:
-`portal_url(base, sign_token(account_id, secret=..., expires_at=...))`. A token reads
-`v1.<payload>.<mac>`, both parts unpadded URL-safe base64: the payload is
-`<expiry>:<account id>` (expiry in whole seconds since the epoch), the mac is
-HMAC-SHA-256 under the host's secret over the version and the payload. It guarantees
-integrity and expiry only: anyone holding the link can read the account id, and anyone
-holding it can open the page until it expires. A link is a bearer capability; keep it
-short-lived, send it only over HTTPS, and rotate the secret to revoke every link at once.
-`verify_token` answers None for anything that is not a live token of ours, and never raises
-on what a browser sends (garbage, non-ASCII, megabytes).
-
-The page (`render_page`) is rendered on the server from a `PortalData` the caller fills
-from the ledger: the same numbers as the JSON usage endpoints, nothing computed twice.
-It has no JavaScript and loads nothing: charts and gauges are inline SVG, the only styles
-are one `<style>` element whose text is `STYLE`, and `CONTENT_SECURITY_POLICY` allows
-exactly that element by its hash and nothing else. So the page works offline, under a
-strict policy, and a name that slips past escaping still cannot run. Everything the
-account controls (names, labels) is HTML-escaped. Send `PAGE_HEADERS` with both pages;
-`no-referrer` keeps the token out of other sites' logs.
+Imports only the page's stylesheet (`meterware.portal.style`).
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import math
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
-from urllib.parse import quote, urlsplit, urlunsplit
+
+from meterware.portal.style import STYLE
 
 __all__ = [
-    "CONTENT_SECURITY_POLICY",
-    "PAGE_HEADERS",
-    "STYLE",
     "DayUsage",
     "EndpointUsage",
     "KeyLine",
     "PortalData",
-    "portal_url",
     "render_denied",
     "render_page",
-    "sign_token",
-    "verify_token",
 ]
-
-MAX_TOKEN_LENGTH = 1024
-MIN_SECRET_LENGTH = 16
-_VERSION = "v1"
-_DOMAIN = b"meterware.portal:"  # a mac for this page is never valid anywhere else
-_TOKEN = re.compile(r"v1\.([A-Za-z0-9_-]{4,700})\.([A-Za-z0-9_-]{43})")
-_PAYLOAD = re.compile(r"([0-9]{1,12}):(.+)", re.DOTALL)
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _mac(secret: bytes, signed: str) -> str:
-    return _b64(hmac.new(secret, _DOMAIN + signed.encode("ascii"), hashlib.sha256).digest())
-
-
-def _check_secret(secret: bytes) -> None:
-    if not isinstance(secret, bytes) or len(secret) < MIN_SECRET_LENGTH:
-        raise ValueError(f"the portal secret must be at least {MIN_SECRET_LENGTH} bytes")
-
-
-def sign_token(account_id: str, *, secret: bytes, expires_at: float) -> str:
-    """A URL-safe token for `account_id`, valid until `expires_at` (epoch seconds)."""
-    _check_secret(secret)
-    account = account_id.encode()
-    if not 0 < len(account) <= 512:
-        raise ValueError("account_id must be 1 to 512 bytes in UTF-8")
-    if not math.isfinite(expires_at) or not 0 <= expires_at < 10**12:
-        raise ValueError(f"expires_at is not a usable timestamp: {expires_at!r}")
-    payload = _b64(b"%d:%s" % (int(expires_at), account))
-    signed = f"{_VERSION}.{payload}"
-    return f"{signed}.{_mac(secret, signed)}"
-
-
-def verify_token(token: str, *, secret: bytes, now: float) -> str | None:
-    """The account id of a live token signed with `secret`, else None."""
-    _check_secret(secret)
-    if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH:
-        return None
-    match = _TOKEN.fullmatch(token)
-    if match is None:
-        return None
-    payload, mac = match.groups()
-    if not hmac.compare_digest(mac, _mac(secret, f"{_VERSION}.{payload}")):
-        return None
-    try:
-        text = base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)).decode()
-    except (binascii.Error, UnicodeDecodeError):
-        return None
-    fields = _PAYLOAD.fullmatch(text)
-    if fields is None or not now < int(fields[1]):
-        return None
-    return fields[2]
-
-
-def portal_url(base_url: str, token: str) -> str:
-    """`base_url` with `token=<token>` in its query, replacing any token already there."""
-    parts = urlsplit(base_url)
-    kept = [p for p in parts.query.split("&") if p and p.partition("=")[0] != "token"]
-    query = "&".join([*kept, "token=" + quote(token, safe="")])
-    return urlunsplit(parts._replace(query=query))
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,85 +77,6 @@ class PortalData:
     balance: int | None  # prepaid credits, None without grants
     keys: Sequence[KeyLine]
 
-
-STYLE = """
-:root{--bg:#f5f6f8;--card:#fff;--line:#e2e5ea;--text:#1c2024;--muted:#5f6873;
---accent:#3b5bdb;--soft:#e7ecfc;--bad:#c92a2a;color-scheme:light dark}
-@media (prefers-color-scheme:dark){:root{--bg:#111316;--card:#1a1d21;--line:#2c3137;
---text:#e8eaed;--muted:#9aa3ad;--accent:#7b96f5;--soft:#262d44;--bad:#f06a6a}}
-*{box-sizing:border-box}
-body{margin:0;background:var(--bg);color:var(--text);font:15px/1.5 system-ui,-apple-system,
-"Segoe UI",Roboto,"Helvetica Neue",Arial,sans-serif;-webkit-text-size-adjust:100%}
-main{max-width:1040px;margin:0 auto;padding:2rem 1rem 3rem}
-header{margin-bottom:1.5rem}
-h1{font-size:1.6rem;line-height:1.25;margin:.15rem 0 .4rem;overflow-wrap:anywhere}
-h2{font-size:.8rem;font-weight:600;letter-spacing:.06em;text-transform:uppercase;
-color:var(--muted);margin:0 0 .75rem}
-p{margin:0}
-code{font:.85em ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;overflow-wrap:anywhere}
-.eyebrow{color:var(--accent);font-weight:600;font-size:.85rem}
-.meta{color:var(--muted);font-size:.9rem}
-.tag{display:inline-block;padding:0 .5rem;border-radius:99px;background:var(--soft);
-color:var(--accent);font-size:.8rem;font-weight:600;line-height:1.6rem}
-.tag.revoked,.tag.expired{background:transparent;color:var(--muted);border:1px solid var(--line)}
-.cards{display:grid;gap:1rem;grid-template-columns:repeat(auto-fit,minmax(165px,1fr));
-margin-bottom:1rem}
-.card{background:var(--card);border:1px solid var(--line);border-radius:12px;padding:1.25rem;
-margin-bottom:1rem;min-width:0}
-.cards .card{margin:0}
-.narrow{max-width:34rem;margin:12vh auto 0}
-.big{font-size:1.75rem;font-weight:650;line-height:1.2;font-variant-numeric:tabular-nums}
-.sub{color:var(--muted);font-size:.875rem;margin-top:.25rem}
-.over .big,.bad{color:var(--bad)}
-.gauge{display:block;width:100%;max-width:200px;margin:0 auto .25rem}
-.gauge path{fill:none;stroke-width:12;stroke-linecap:round}
-.gauge .track{stroke:var(--line)}.gauge .fill{stroke:var(--accent)}
-.over .gauge .fill{stroke:var(--bad)}
-.gauge text{fill:var(--text);font-size:20px;font-weight:650;text-anchor:middle}
-.gauged p{text-align:center}
-.head{display:flex;flex-wrap:wrap;justify-content:space-between;gap:.25rem 1rem;
-align-items:baseline;margin-bottom:.75rem}
-.head h2{margin:0}
-.totals{font-variant-numeric:tabular-nums;color:var(--muted);font-size:.9rem}
-.totals strong{color:var(--text)}
-figure{margin:0}
-.chart{display:block;width:100%;height:180px;border-bottom:1px solid var(--line)}
-.chart .rule{stroke:var(--line);stroke-width:1;vector-effect:non-scaling-stroke}
-.bar{fill:var(--accent)}.bar:hover{fill:var(--text)}
-.axis{display:flex;justify-content:space-between;color:var(--muted);font-size:.8rem;
-margin-top:.35rem;font-variant-numeric:tabular-nums}
-figcaption{color:var(--muted);font-size:.85rem;margin-top:.5rem}
-details{margin-top:1rem}
-summary{cursor:pointer;color:var(--accent);font-size:.9rem}
-.scroll{overflow-x:auto;-webkit-overflow-scrolling:touch}
-table{width:100%;border-collapse:collapse;font-size:.9rem}
-th,td{padding:.55rem .75rem .55rem 0;text-align:left;border-bottom:1px solid var(--line);
-white-space:nowrap}
-th{color:var(--muted);font-weight:600;font-size:.8rem}
-th:last-child,td:last-child{padding-right:0}
-.nw{white-space:nowrap}
-tr:last-child td{border-bottom:0}
-td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
-td.wrap{white-space:normal;min-width:10rem}
-.share{display:inline-block;vertical-align:middle;width:4rem;height:6px;margin-left:.5rem}
-.share .track{fill:var(--line)}.share .fill{fill:var(--accent)}
-.empty{color:var(--muted)}
-footer{color:var(--muted);font-size:.8rem;text-align:center;margin-top:2rem}
-@media (max-width:480px){main{padding:1.25rem .75rem 2rem}h1{font-size:1.35rem}
-.card{padding:1rem}.big{font-size:1.5rem}}
-"""
-_STYLE_HASH = base64.b64encode(hashlib.sha256(STYLE.encode()).digest()).decode()
-CONTENT_SECURITY_POLICY = (
-    f"default-src 'none'; style-src 'sha256-{_STYLE_HASH}'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
-PAGE_HEADERS: tuple[tuple[str, str], ...] = (
-    ("content-type", "text/html; charset=utf-8"),
-    ("content-security-policy", CONTENT_SECURITY_POLICY),
-    ("cache-control", "no-store"),
-    ("referrer-policy", "no-referrer"),
-    ("x-content-type-options", "nosniff"),
-)
 
 OUTCOMES = {
     "rate_limited": "Rate limited (429)",
