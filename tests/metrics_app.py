@@ -22,7 +22,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
-from meterware.metrics import MetricsApp, metrics_from_env
+from meterware.metrics import metrics_from_env
+from meterware.metricsapp import MetricsApp
 
 PUBLISH_EVERY = 0.2
 

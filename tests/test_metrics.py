@@ -27,7 +27,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from meterware import metrics as metrics_module
 from meterware.errors import ConfigurationError
-from meterware.metrics import OUTCOMES, Metrics, MetricsApp, metrics_from_env
+from meterware.metrics import OUTCOMES, Metrics, metrics_from_env
+from meterware.metricsapp import MetricsApp
 from tests.servers import ROOT, children, free_port, wait_for
 
 # (outcome, tier, action, credits each, requests); "" is an unknown tier or action.

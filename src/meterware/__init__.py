@@ -16,7 +16,8 @@ from meterware.errors import (
 )
 from meterware.keys import Account, ApiKey, Caller, KeyResolver, SecretHasher
 from meterware.metering import Cost, cost
-from meterware.metrics import Metrics, MetricsApp, metrics_from_env
+from meterware.metrics import Metrics, metrics_from_env
+from meterware.metricsapp import MetricsApp
 from meterware.middleware import MeterwareMiddleware
 from meterware.portalapp import PortalApp
 from meterware.responses import error_handlers

@@ -24,7 +24,7 @@ from typing import Any
 
 from meterware.errors import ConfigurationError, StorageError, StorageUnavailable
 from meterware.leases import CounterStore
-from meterware.storage.memory import LocalCounters
+from meterware.storage.local import LocalCounters
 from meterware.storage.records import Claim, Grant
 
 __all__ = ["WINDOW", "LimitsCounters", "LocalCounters", "RedisCounters", "window_store"]

@@ -46,7 +46,8 @@ from meterware.cli.sidecar import GaveUp, LeaseHeld, Rejected, log_to_stderr, st
 from meterware.clock import isoformat_ms, midnight
 from meterware.errors import MeterwareError
 from meterware.export.exporter import Exporter, Summary
-from meterware.export.sinks import SINK_NAMES, sink_from
+from meterware.export.registry import sink_from
+from meterware.export.sinks import SINK_NAMES
 from meterware.metrics import Metrics, metrics_from_env
 from meterware.storage.base import redact
 

@@ -23,7 +23,8 @@ from meterware.export.events import EVENT_FIELDS, UsageEvent
 from meterware.export.exporter import Exporter, Progress, Rejection, Summary
 from meterware.export.files import CsvSink, JsonLinesSink
 from meterware.export.http import CloudEventsSink, LagoSink
-from meterware.export.sinks import SINK_NAMES, Delivery, Sink, SinkUnavailable, sink_from
+from meterware.export.registry import sink_from
+from meterware.export.sinks import SINK_NAMES, Delivery, Sink, SinkUnavailable
 from meterware.export.stripe import StripeSink
 
 __all__ = [

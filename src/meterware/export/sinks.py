@@ -26,26 +26,24 @@ stays down with unacknowledged events for more than a day may count them twice t
 Credentials come from the environment (`STRIPE_API_KEY`, `OPENMETER_API_KEY`,
 `LAGO_API_KEY`) or a constructor argument, never from a command line; no repr, log line or
 exception carries them. Every network call has a `timeout` (seconds, default 10).
-`sink_from(name, url=..., **options)` builds a sink by name. The sinks live by kind:
-`meterware.export.stripe`, `meterware.export.http` (CloudEvents, Lago) and
-`meterware.export.files` (JSON Lines, CSV); this module holds what they share.
+The sinks live by kind: `meterware.export.stripe`, `meterware.export.http` (CloudEvents,
+Lago) and `meterware.export.files` (JSON Lines, CSV); this module holds what they share,
+and `meterware.export.registry` builds one by name (`sink_from(name, url=..., **options)`).
 """
 
 from __future__ import annotations
 
 import abc
-import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, ClassVar, Literal, TypeVar
-from urllib.parse import unquote, urlsplit
+from typing import ClassVar, Literal, TypeVar
 
 from meterware.errors import ConfigurationError, MeterwareError
 from meterware.export.events import UsageEvent
 
-__all__ = ["SINK_NAMES", "Delivery", "Sink", "SinkUnavailable", "Value", "sink_from"]
+__all__ = ["SINK_NAMES", "Delivery", "Sink", "SinkUnavailable", "Value"]
 
 Value = Literal["credits", "calls", "requests"]
 S = TypeVar("S", bound="Sink")
@@ -118,52 +116,3 @@ def scrub(text: str, secret: str | None, limit: int = 300) -> str:
     if secret:
         text = text.replace(secret, "***")
     return text if len(text) <= limit else text[:limit] + "…"
-
-
-# -- by name ----------------------------------------------------------------------------
-
-
-def _classes() -> dict[str, type[Sink]]:
-    # Imported here: each sink's module imports this one.
-    from meterware.export.files import CsvSink, JsonLinesSink
-    from meterware.export.http import CloudEventsSink, LagoSink
-    from meterware.export.stripe import StripeSink
-
-    return {
-        "stripe": StripeSink,
-        "cloudevents": CloudEventsSink,
-        "lago": LagoSink,
-        "jsonl": JsonLinesSink,
-        "csv": CsvSink,
-    }
-
-
-def sink_from(name: str, *, url: str | None = None, **options: Any) -> Sink:
-    """The sink called `name` (stripe, cloudevents, lago, jsonl, csv): `url` is the
-    service's URL, or for a file sink a path or `file://` URL; `options` its other
-    constructor arguments."""
-    from meterware.export.files import FileSink
-
-    cls = _classes().get(name)
-    if cls is None:
-        raise ConfigurationError(f"unknown sink {name!r} (known: {', '.join(SINK_NAMES)})")
-    if issubclass(cls, FileSink):
-        if not url:
-            raise ConfigurationError(f"the {name} sink needs a path (or a file:// URL)")
-        options["path"] = _file_path(url)
-    elif url is not None:
-        options["url"] = url
-    try:
-        inspect.signature(cls).bind(**options)
-    except TypeError as exc:
-        raise ConfigurationError(f"the {name} sink: {exc}") from None
-    return cls(**options)
-
-
-def _file_path(url: str) -> str:
-    if not url.startswith("file:"):
-        return url
-    parts = urlsplit(url)
-    if parts.netloc not in ("", "localhost"):
-        raise ConfigurationError(f"a file:// URL names a local path, not host {parts.netloc!r}")
-    return unquote(parts.path)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from meterware.errors import StorageError
@@ -22,6 +22,7 @@ from meterware.storage.base import (
     retiring,
     spending_order,
 )
+from meterware.storage.local import LocalCounters
 from meterware.storage.records import (
     BalanceDraw,
     Claim,
@@ -36,7 +37,7 @@ from meterware.storage.records import (
     UsageRow,
 )
 
-__all__ = ["LocalCounters", "MemoryStorage"]
+__all__ = ["MemoryStorage"]
 
 
 class MemoryStorage(Storage, Transferable):
@@ -358,40 +359,3 @@ class MemoryStorage(Storage, Transferable):
 
     async def exists(self) -> bool:
         return True
-
-
-class LocalCounters:
-    """Counters with windows in a dict: for one process (and the in-memory store)."""
-
-    def __init__(self) -> None:
-        self._windows: dict[str, list[float]] = {}  # counter -> [window end, count]
-
-    def __len__(self) -> int:
-        return len(self._windows)
-
-    def __iter__(self) -> Iterator[tuple[str, list[float]]]:
-        return iter(self._windows.items())
-
-    async def reserve(self, claims: Sequence[Claim], now: float) -> list[Grant]:
-        grants = []
-        for claim in claims:
-            window = self._windows.get(claim.counter)
-            if window is None or window[0] <= now:
-                window = self._windows[claim.counter] = [claim.window_end, 0]
-            want = claim.want if claim.window_end > now else 0  # (an expired grant's)
-            granted = min(want, max(0, claim.limit - int(window[1])))
-            window[1] += granted
-            grants.append(Grant(granted, int(window[1]), window[0]))
-        return grants
-
-    async def release(self, counter: str, window_end: float, amount: int) -> None:
-        window = self._windows.get(counter)
-        if window is not None and window[0] == window_end:
-            window[1] = max(0, window[1] - amount)
-
-    async def close(self) -> None:
-        return None
-
-    def count(self, counter: str, now: float) -> int:
-        window = self._windows.get(counter)
-        return 0 if window is None or window[0] <= now else int(window[1])
