@@ -27,9 +27,8 @@ from meterware.storage import Storage, storage_from_url
 from meterware.storage.records import Notice
 from meterware.tiers import DEFAULT_TIERS, Tier, TierTable
 from meterware.usage import UsageApp
+from meterware.version import __version__
 from meterware.webhooks import WebhookEndpoint, WebhookSender, endpoints_from_env
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_EXEMPT_PATHS",

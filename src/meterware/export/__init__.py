@@ -20,10 +20,11 @@ sink acknowledged (see `meterware.export.exporter`); `meterware export` runs it.
 from __future__ import annotations
 
 from meterware.export.events import EVENT_FIELDS, UsageEvent
-from meterware.export.exporter import Exporter, Progress, Rejection, Summary
+from meterware.export.exporter import Exporter
 from meterware.export.files import CsvSink, JsonLinesSink
 from meterware.export.http import CloudEventsSink, LagoSink
 from meterware.export.registry import sink_from
+from meterware.export.results import Progress, Rejection, Summary
 from meterware.export.sinks import SINK_NAMES, Delivery, Sink, SinkUnavailable
 from meterware.export.stripe import StripeSink
 

@@ -81,111 +81,24 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Callable
 
 from meterware.errors import ConfigurationError, StorageError
-from meterware.export.events import UsageEvent
-from meterware.export.sinks import Delivery, Sink, SinkUnavailable
-from meterware.guard import bounded
+from meterware.export.batch import _Batches
+from meterware.export.results import Progress, Rejection, Summary
+from meterware.export.sinks import Sink, SinkUnavailable
 from meterware.keys import Account
 from meterware.storage.base import Storage
-from meterware.storage.records import OutboxEvent
 
 __all__ = ["Exporter", "Progress", "Rejection", "Summary"]
 
 log = logging.getLogger("meterware.export")
 
-T = TypeVar("T")
-
 GRACE = 5.0
 """Seconds a batch in flight may take to finish once `run` is told to stop."""
 
 
-@dataclass(frozen=True, slots=True)
-class Rejection:
-    """An event the sink will never take: its place in the outbox, id, account, and the
-    sink's reason."""
-
-    seq: int
-    id: str
-    account_id: str
-    reason: str
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"seq": self.seq, "id": self.id, "account_id": self.account_id,
-                "reason": self.reason}  # fmt: skip
-
-
-@dataclass(frozen=True, slots=True)
-class Progress:
-    """What one `run_once` did.
-
-    `held` is False when another exporter held the lease (nothing was sent, or what was
-    sent was not acknowledged: the lease was lost during the batch). `read` events were
-    read after the cursor; of them `sent` were accepted and `rejected` given up on, both
-    acknowledged; `waiting` were not, and go again next time. `position` is the cursor
-    afterwards; `caught_up` that nothing was left after it when it was read; `lag` the
-    age of the oldest event not acknowledged (0 when caught up).
-    """
-
-    held: bool
-    read: int = 0
-    sent: int = 0
-    rejected: tuple[Rejection, ...] = ()
-    waiting: int = 0
-    position: int = 0
-    caught_up: bool = False
-    lag: float = 0.0
-
-
-@dataclass
-class Summary:
-    """What `run` did, for people and for the exit status.
-
-    - `reader` - the reader (and lease) name.
-    - `sent` - events the sink accepted, `rejected` those it will never take.
-    - `position` - the cursor at the end; `remaining` the events after it (None when
-      the store could not say).
-    - `lease_held` - another exporter held the lease when the run ended.
-    - `unavailable` - why the run gave up (the sink or the store kept failing).
-    - `batches`, `failures` - batches acknowledged, and failed attempts retried.
-    """
-
-    reader: str
-    sent: int = 0
-    rejected: list[Rejection] = field(default_factory=list)
-    position: int = 0
-    remaining: int | None = None
-    lease_held: bool = False
-    unavailable: str | None = None
-    batches: int = 0
-    failures: int = 0
-
-    def add(self, progress: Progress) -> None:
-        """Take in one batch's progress."""
-        self.sent += progress.sent
-        self.rejected.extend(progress.rejected)
-        if progress.held:
-            self.position = progress.position
-            self.batches += 1 if progress.sent or progress.rejected else 0
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "reader": self.reader,
-            "sent": self.sent,
-            "rejected": [r.as_dict() for r in self.rejected],
-            "position": self.position,
-            "remaining": self.remaining,
-            "lease_held": self.lease_held,
-            "unavailable": self.unavailable,
-            "batches": self.batches,
-            "failures": self.failures,
-        }
-
-
-class Exporter:
+class Exporter(_Batches):
     """Sends the store's outbox to `sink` (see the module doc for the guarantees).
 
     - `store` - an open store (the one the middleware writes its outbox to).
@@ -243,147 +156,6 @@ class Exporter:
 
     def __repr__(self) -> str:
         return f"Exporter({self.name!r}, {self.sink!r}, owner={self.owner!r})"
-
-    # -- one batch -----------------------------------------------------------------------
-
-    async def run_once(self) -> Progress:
-        """Send one batch and acknowledge what the sink answered for (see the module doc).
-
-        Raises `SinkUnavailable` when the sink cannot take the batch now (or acknowledged
-        none of it), `StorageError` when the store fails or does not answer in time;
-        nothing is acknowledged then.
-        """
-        if not await self._take_lease():
-            return Progress(held=False)
-        position = await self._position()
-        rows = await self._call(self.store.outbox_after(position, self.batch), "outbox read")
-        if not rows:
-            self._report_lag(0.0)
-            return Progress(held=True, position=position, caught_up=True)
-        events = await self._events(rows)
-        try:
-            delivery = await self._send(events)
-        except SinkUnavailable:
-            self._report_lag(self.clock() - rows[0].time)
-            raise
-        done, rejected = _acknowledged(rows, delivery)
-        if not done:
-            self._report_lag(self.clock() - rows[0].time)
-            raise SinkUnavailable(
-                f"{self.sink.name}: the sink answered for none of the batch's first event "
-                f"({rows[0].id}): sending it again later"
-            )
-        if not await self._take_lease():  # fencing: lost during the batch, not ours to move
-            log.warning(
-                "%s: another exporter took the lease during the batch: the cursor stays at "
-                "%d (the events sent meanwhile are deduplicated by id when sent again)",
-                self.name, position,
-            )  # fmt: skip
-            return Progress(held=False, read=len(rows), waiting=len(rows), position=position)
-        end = done[-1].seq
-        noted = [(r.seq, r.id, r.reason) for r in rejected]
-        await self._call(
-            self.store.advance_cursor(self.name, end, rejected=noted, now=self.clock()),
-            "cursor write",
-        )
-        for r in rejected:
-            log.error(
-                "%s: event %s (seq %d, account %s) REJECTED by %s, it will not be sent "
-                "again: %s", self.name, r.id, r.seq, r.account_id, self.sink.name, r.reason,
-            )  # fmt: skip
-        waiting = rows[len(done) :]
-        if waiting:
-            oldest: OutboxEvent | None = waiting[0]
-        elif len(rows) < self.batch:
-            oldest = None
-        else:
-            after = await self._call(self.store.outbox_after(end, 1), "outbox read")
-            oldest = after[0] if after else None
-        lag = 0.0 if oldest is None else max(0.0, self.clock() - oldest.time)
-        self._report_lag(lag)
-        return Progress(
-            held=True,
-            read=len(rows),
-            sent=len(done) - len(rejected),
-            rejected=tuple(rejected),
-            waiting=len(waiting),
-            position=end,
-            caught_up=oldest is None,
-            lag=lag,
-        )
-
-    async def _call(self, work: Coroutine[Any, Any, T], what: str) -> T:
-        return await bounded(work, self.timeout, f"{self.name}: {what}")
-
-    async def _take_lease(self) -> bool:
-        self._holding = await self._call(
-            self.store.take_lease(self.name, self.owner, now=self.clock(), ttl=self.lease_ttl),
-            "lease",
-        )
-        return self._holding
-
-    async def _position(self) -> int:
-        """The cursor; a new reader's first position (with `since`) is written now."""
-        position = await self._call(self.store.cursor(self.name), "cursor read")
-        if position is not None:
-            if self.since is not None and not self._since_noted:
-                log.info("%s: the reader exists (at %d): since is ignored", self.name, position)
-            self._since_noted = True
-            return position
-        if self.since is None:
-            return 0
-        start = await self._call(self.store.outbox_seq_before(self.since), "outbox read")
-        await self._call(self.store.advance_cursor(self.name, start, now=self.clock()), "cursor")
-        log.info("%s: a new reader, starting after outbox event %d", self.name, start)
-        self._since_noted = True
-        return start
-
-    async def _events(self, rows: Sequence[OutboxEvent]) -> list[UsageEvent]:
-        """The rows as usage events, with their account's external id and Stripe
-        customer. Accounts are cached; one missing either is read again each batch, so a
-        mapping added later is used (before the sink could reject an event for it)."""
-        for account_id in dict.fromkeys(r.account_id for r in rows):
-            known = self._accounts.get(account_id)
-            if known is None or known.external_id is None or known.stripe_customer_id is None:
-                self._accounts[account_id] = await self._call(
-                    self.store.get_account(account_id), "account read"
-                )
-        events = []
-        for r in rows:
-            account = self._accounts.get(r.account_id)
-            events.append(UsageEvent(
-                id=r.id, seq=r.seq, account_id=r.account_id, key_id=r.key_id, action=r.action,
-                day=r.day, requests=r.requests, calls=r.calls, credits=r.credits, time=r.time,
-                external_id=account.external_id if account else None,
-                stripe_customer_id=account.stripe_customer_id if account else None,
-            ))  # fmt: skip
-        return events
-
-    async def _send(self, events: Sequence[UsageEvent]) -> Delivery:
-        """The sink's answer, the lease renewed in the background meanwhile."""
-        renewing = asyncio.ensure_future(self._keep_lease())
-        try:
-            return await self.sink.send(events)
-        finally:
-            renewing.cancel()
-            await asyncio.gather(renewing, return_exceptions=True)
-
-    async def _keep_lease(self) -> None:
-        while True:
-            await asyncio.sleep(self.lease_ttl / 3)
-            try:
-                if not await self._take_lease():
-                    log.warning("%s: the lease was lost during a batch", self.name)
-                    return
-            except StorageError as exc:
-                log.debug("%s: could not renew the lease: %s", self.name, exc)
-
-    def _report_lag(self, seconds: float) -> None:
-        if self.on_lag is not None:
-            try:
-                self.on_lag(seconds)
-            except Exception:
-                log.exception("%s: on_lag failed", self.name)
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -509,22 +281,3 @@ class Exporter:
             return
         summary.position = position or 0
         summary.remaining = max(0, last - summary.position)
-
-
-def _acknowledged(
-    rows: Sequence[OutboxEvent], delivery: Delivery
-) -> tuple[list[OutboxEvent], list[Rejection]]:
-    """The longest prefix of `rows` the sink answered for (accepted or rejected), and the
-    rejections in it."""
-    accepted = set(delivery.accepted)
-    done: list[OutboxEvent] = []
-    rejected: list[Rejection] = []
-    for row in rows:
-        if row.id in accepted:
-            done.append(row)
-        elif row.id in delivery.rejected:
-            done.append(row)
-            rejected.append(Rejection(row.seq, row.id, row.account_id, delivery.rejected[row.id]))
-        else:
-            break
-    return done, rejected
