@@ -367,6 +367,7 @@ async def test_each_kind_of_error_has_one_status(face: Face) -> None:
     assert await face.error("get_account", "acct_nobody_here") == "not_found"
     assert await face.error("set_tier", "acct_nobody_here", "pro") == "not_found"
     assert await face.error("rotate_key", key["id"]) == "conflict"
+    assert await face.error("rotate_key", key["id"], grace=400 * 86_400) == "invalid"
     assert await face.error("create_account", account_id=key["account"]) == "conflict"
 
 
@@ -425,3 +426,19 @@ async def test_prepaid_credits(face: Face, place: Place) -> None:
     assert await face.error("grant_credits", account, 100, grant_id="order-1") == "conflict"
     assert await face.error("grant_credits", account, 0) == "invalid"
     assert await face.error("grant_credits", "acct_nobody_here", 10) == "not_found"
+
+
+async def test_times_past_the_year_9999_are_refused() -> None:
+    """An expiry or a grace period that no ISO 8601 time could show is an invalid value,
+    not a key that breaks every listing of its account afterwards."""
+    async with Admin("memory://") as admin:
+        key, _ = await admin.create_key(name="k")
+        with pytest.raises(InvalidValue, match="year 10000"):
+            await admin.create_key(name="far", expires_at=1e300)
+        with pytest.raises(InvalidValue, match="year 10000"):
+            await admin.update_key(key.id, expires_at=float("inf"))
+        with pytest.raises(InvalidValue, match="grace"):
+            await admin.rotate_key(key.id, grace=1e308)
+        with pytest.raises(InvalidValue, match="year 10000"):
+            await admin.grant_credits(key.account_id, 10, expires_at=1e300)
+        assert [k.id for k in await admin.list_keys(key.account_id)] == [key.id]

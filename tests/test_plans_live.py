@@ -240,6 +240,12 @@ def test_self_serve_keys(example: tuple[Uvicorn, str, str]) -> None:
     made = httpx.post(base + "/", json={"name": "ci", "expires_in_days": 30}, headers=me)
     assert made.status_code == 201
     new = data(made)
+    for far in ({"expires_in_days": 1e300}, {"expires_in_days": 0}, {"expires_in_days": "1"}):
+        refused = httpx.post(base + "/", json={"name": "far", **far}, headers=me)
+        assert refused.status_code == 400 and "expires_in_days" in refused.text
+    forever = httpx.post(f"{base}/{new['key']['id']}/rotate", json={"grace_seconds": 1e308},
+                         headers=me)  # fmt: skip
+    assert forever.status_code == 400 and "grace_seconds" in forever.text
     assert httpx.get(server.base + usage, headers={"X-API-Key": new["secret"]}).status_code == 200
     rotated = httpx.post(f"{base}/{new['key']['id']}/rotate", json={"grace_seconds": 60},
                          headers=me)  # fmt: skip

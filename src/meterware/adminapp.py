@@ -28,14 +28,15 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from meterware import config, jsonapi
-from meterware.admin import Admin
+from meterware.admin import GROUPINGS, Admin
+from meterware.admin.keys import MAX_GRACE
 from meterware.clock import Clock, system_clock
 from meterware.errors import InvalidValue
 from meterware.jsonapi import JsonRoute, Request, given, unset
 from meterware.responses import Envelope, Refusal, route_path, send_refusal, serve_lifespan
 from meterware.runtime import RUNTIME_KEY, Runtime
 from meterware.storage import Storage
-from meterware.tiers import TierTable
+from meterware.tiers import MAX_COUNT, TierTable
 from meterware.views import account_json, iso, key_json
 
 __all__ = ["AdminApp"]
@@ -168,6 +169,8 @@ async def update_account(r: Request) -> tuple[int, Any]:
         external_id=body.text("external_id", nullable=True),
         stripe_customer_id=body.text("stripe_customer_id", nullable=True),
     )  # fmt: skip
+    if not fields:
+        raise InvalidValue(f"nothing to change: give one of {', '.join(ACCOUNT_FIELDS[1:])}")
     account = await r.context.update_account(r.params["account_id"], **fields)
     return 200, {"account": account_json(account)}
 
@@ -274,16 +277,23 @@ async def usage(r: Request) -> tuple[int, Any]:
 
 
 _S = {"type": "string"}
+_NAME = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": "\\S"}  # not blank
 _S_NULL = {"type": ["string", "null"]}
-_COUNT = {"type": ["integer", "null"], "minimum": 0}
+_ID = {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"}
+_ID_NULL = {**_ID, "type": ["string", "null"]}
+_DAY = {"type": "string", "format": "date"}
+_COUNT = {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_COUNT}
 _TIME = {"type": ["string", "null"], "format": "date-time"}
-_ACCOUNT = {"tier": _S, "name": _S_NULL, "external_id": _S_NULL, "stripe_customer_id": _S_NULL}
+_ACCOUNT = {
+    "tier": _S, "name": {**_NAME, "type": ["string", "null"]}, "external_id": _ID_NULL,
+    "stripe_customer_id": _ID_NULL,
+}  # fmt: skip
 _LIMITS = {"per_minute": _COUNT, "monthly_limit": _COUNT, "monthly_credits": _COUNT}
 
 ROUTES = (
     JsonRoute("GET", "/accounts", list_accounts, "List accounts"),
     JsonRoute("POST", "/accounts", create_account, "Create an account",
-              body={"id": _S, **_ACCOUNT}, status=201),
+              body={"id": _ID, **_ACCOUNT}, status=201),
     JsonRoute("GET", "/accounts/{account_id}", get_account, "An account and its keys"),
     JsonRoute("PATCH", "/accounts/{account_id}", update_account, "Change an account",
               body=_ACCOUNT),
@@ -292,28 +302,30 @@ ROUTES = (
               "An account's prepaid balance, grants and movements"),
     JsonRoute("POST", "/accounts/{account_id}/credits", grant_credits,
               "Grant prepaid credits (idempotent by grant_id)",
-              body={"amount": {"type": "integer", "minimum": 1}, "expires_at": _TIME,
-                    "grant_id": _S},
-              required=("amount",), status=201),
+              body={"amount": {"type": "integer", "minimum": 1, "maximum": MAX_COUNT},
+                    "expires_at": _TIME,
+                    "grant_id": _ID},
+              required=("amount",), status=201, also=(200,)),
     JsonRoute("POST", "/accounts/{account_id}/portal-link", portal_link,
               "A signed, short-lived link to the account's usage page",
-              body={"base_url": _S, "expires_in_minutes": {"type": "number", "minimum": 0.1,
-                                                           "maximum": 1440}},
+              body={"base_url": {"type": "string", "pattern": "^https?://"},
+                    "expires_in_minutes": {"type": "number", "minimum": 0.1, "maximum": 1440}},
               required=("base_url",), status=201),
-    JsonRoute("GET", "/keys", list_keys, "List keys", query=("account",)),
+    JsonRoute("GET", "/keys", list_keys, "List keys", query={"account": _ID}),
     JsonRoute("POST", "/keys", create_key, "Create a key; its secret, shown once",
-              body={"name": _S, "account_id": _S, "tier": _S_NULL,
+              body={"name": _NAME, "account_id": _ID, "tier": _S_NULL,
                     "permission": {"enum": ["full_access", "site_access"]},
-                    "website_id": _S_NULL, "expires_at": _TIME, **_LIMITS,
+                    "website_id": _ID_NULL, "expires_at": _TIME, **_LIMITS,
                     "billing_anchor_day": {"type": ["integer", "null"], "minimum": 1,
                                            "maximum": 31}},
               required=("name",), status=201),
     JsonRoute("GET", "/keys/{key_id}", get_key, "A key and its current quota"),
     JsonRoute("PATCH", "/keys/{key_id}", update_key, "Change a key's name, tier, limits or expiry",
-              body={"name": _S, "tier": _S_NULL, **_LIMITS, "expires_at": _TIME}),
+              body={"name": _NAME, "tier": _S_NULL, **_LIMITS, "expires_at": _TIME}),
     JsonRoute("POST", "/keys/{key_id}/revoke", revoke_key, "Revoke a key now"),
     JsonRoute("POST", "/keys/{key_id}/rotate", rotate_key, "Give a key a new secret",
-              body={"grace_seconds": {"type": "number", "minimum": 0}}),
+              body={"grace_seconds": {"type": "number", "minimum": 0, "maximum": MAX_GRACE}}),
     JsonRoute("GET", "/usage", usage, "Usage by day, action, key or account over any range",
-              query=("account", "key", "from", "to", "by")),
+              query={"account": _ID, "key": _ID, "from": _DAY, "to": _DAY,
+                     "by": {"enum": list(GROUPINGS)}}),
 )  # fmt: skip

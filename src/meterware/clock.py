@@ -12,6 +12,9 @@ from collections.abc import Callable
 from datetime import date, datetime, timezone
 
 __all__ = [
+    "DAY",
+    "LATEST",
+    "MAX_DAYS",
     "Clock",
     "MonthPeriod",
     "day_of",
@@ -25,6 +28,10 @@ Clock = Callable[[], float]
 system_clock: Clock = time.time
 
 _EPOCH_DAY = date(1970, 1, 1).toordinal()
+
+DAY = 86_400
+LATEST = 253_402_300_799.0  # 9999-12-31T23:59:59Z: the latest time meterware stores or prints
+MAX_DAYS = 100 * 366  # the furthest ahead an expiry or a grace period may reach, in days
 
 
 def isoformat_ms(ts: float) -> str:

@@ -67,8 +67,9 @@ class JsonRoute:
     summary: str = ""
     body: Mapping[str, Any] | None = None  # the JSON body's properties (OpenAPI schemas)
     required: tuple[str, ...] = ()
-    query: tuple[str, ...] = ()  # query parameters it takes (strings)
+    query: Mapping[str, Any] = field(default_factory=dict)  # query parameters: their schemas
     status: int = 200
+    also: tuple[int, ...] = ()  # other success statuses (200 for a repeated create)
     regex: re.Pattern[str] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -110,12 +111,18 @@ class Body:
             raise InvalidValue(f"{name} must be an integer >= 0{' or null' if nullable else ''}")
         return value
 
-    def number(self, name: str, *, low: float = 0.0) -> Any:
+    def number(self, name: str, *, low: float = 0.0, high: float | None = None) -> Any:
         value = self._get(name, False)
         if value is _UNSET:
             return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= low:
-            raise InvalidValue(f"{name} must be a number >= {low:g}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float))
+            or not value >= low
+            or (high is not None and not value <= high)
+        ):
+            span = f">= {low:g}" if high is None else f"from {low:g} to {high:g}"
+            raise InvalidValue(f"{name} must be a number {span}")
         return float(value)
 
     def time(self, name: str) -> Any:
@@ -253,8 +260,8 @@ def openapi_paths(
              "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{1,128}$"}}
             for name in re.findall(r"\{(\w+)\}", route.path)
         ] + [
-            {"name": name, "in": "query", "required": False, "schema": {"type": "string"}}
-            for name in route.query
+            {"name": name, "in": "query", "required": False, "schema": dict(schema)}
+            for name, schema in route.query.items()
         ]  # fmt: skip
         if parameters:
             operation["parameters"] = parameters
@@ -264,8 +271,10 @@ def openapi_paths(
             }  # fmt: skip
             if route.required:
                 schema["required"] = list(route.required)
+            elif route.method == "PATCH":
+                schema["minProperties"] = 1  # a change of nothing is refused
             operation["requestBody"] = {
-                "required": bool(route.required),
+                "required": bool(route.required) or route.method == "PATCH",
                 "content": {"application/json": {"schema": schema}},
             }
         responses: dict[str, Any] = {
@@ -274,6 +283,11 @@ def openapi_paths(
                 "content": {"application/json": {"schema": {"type": "object"}}},
             }
         }
+        for status in route.also:
+            responses[str(status)] = {
+                "description": "Already done: nothing changed",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
         for status, what in ((400, "Invalid input"), (404, "No such account or key"),
                              (409, "Conflicts with what is stored"),
                              (503, "Storage unavailable")):  # fmt: skip

@@ -30,6 +30,8 @@ from starlette.types import Receive, Scope, Send
 
 from meterware import jsonapi
 from meterware.admin import Admin
+from meterware.admin.keys import MAX_GRACE
+from meterware.clock import DAY, MAX_DAYS
 from meterware.errors import ConfigurationError, InvalidValue, NotFound
 from meterware.jsonapi import JsonRoute, Request, unset
 from meterware.keys import ApiKey, Caller
@@ -46,7 +48,6 @@ from meterware.views import iso, key_status
 
 __all__ = ["KeysApp"]
 
-DAY = 86_400
 FULL_ACCESS_ONLY = Refusal(403, "FORBIDDEN", "Only a full_access key can manage keys")
 
 
@@ -63,8 +64,8 @@ class KeysApp:
     def __init__(self, *, max_keys: int = 10, max_grace: float = 7 * DAY) -> None:
         if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
             raise ConfigurationError("max_keys must be an integer >= 1")
-        if not max_grace >= 0:
-            raise ConfigurationError("max_grace must be >= 0 seconds")
+        if not 0 <= max_grace <= MAX_GRACE:
+            raise ConfigurationError(f"max_grace must be 0 to {MAX_GRACE} seconds (366 days)")
         self.max_keys = max_keys
         self.max_grace = max_grace
 
@@ -75,6 +76,9 @@ class KeysApp:
         """Its OpenAPI path items when mounted at `prefix` (secured by the API key
         schemes the middleware adds), and no schemes of its own."""
         paths = jsonapi.openapi_paths(ROUTES, prefix, tag="API keys")
+        rotate = paths[prefix.rstrip("/") + "/{key_id}/rotate"]["post"]
+        body = rotate["requestBody"]["content"]["application/json"]["schema"]["properties"]
+        body["grace_seconds"] = {**body["grace_seconds"], "maximum": self.max_grace}
         forbidden = {"description": "Not a full_access key (`FORBIDDEN`)"}
         for item in paths.values():
             for operation in item.values():
@@ -144,7 +148,7 @@ async def create_key(r: Request) -> tuple[int, Any]:
     c: _Context = r.context
     body = r.body.only(("name", "expires_in_days"))
     name = body.text("name", required=True)
-    days = body.number("expires_in_days", low=0.001)
+    days = body.number("expires_in_days", low=0.001, high=MAX_DAYS)
     key, secret = await c.admin.create_key(
         name=name,
         account_id=c.caller.account_id,
@@ -180,8 +184,10 @@ _GRACE = {"grace_seconds": {"type": "number", "minimum": 0}}
 ROUTES = (
     JsonRoute("GET", "/", list_keys, "The account's keys"),
     JsonRoute("POST", "/", create_key, "Create a key; its secret, shown once",
-              body={"name": {"type": "string"},
-                    "expires_in_days": {"type": "number", "exclusiveMinimum": 0}},
+              body={"name": {"type": "string", "minLength": 1, "maxLength": 200,
+                             "pattern": "\\S"},
+                    "expires_in_days": {"type": "number", "minimum": 0.001,
+                                        "maximum": MAX_DAYS}},
               required=("name",), status=201),
     JsonRoute("POST", "/{key_id}/rotate", rotate_key, "Give a key a new secret", body=_GRACE),
     JsonRoute("POST", "/{key_id}/revoke", revoke_key, "Revoke a key now"),

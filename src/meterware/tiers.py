@@ -16,7 +16,9 @@ from pathlib import Path
 from meterware.errors import ConfigurationError
 from meterware.keys import Caller
 
-__all__ = ["DEFAULT_TIERS", "LEGACY_TIERS", "Limits", "Tier", "TierTable"]
+__all__ = ["DEFAULT_TIERS", "LEGACY_TIERS", "MAX_COUNT", "Limits", "Tier", "TierTable"]
+
+MAX_COUNT = 2**62  # the largest limit or amount meterware takes (a 64-bit column holds it)
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,10 @@ class Tier:
     def __post_init__(self) -> None:
         for what in ("monthly_requests", "per_minute", "monthly_credits"):
             value = getattr(self, what)
-            if value is not None and (not isinstance(value, int) or value < 0):
-                raise ConfigurationError(f"tier {self.name!r}: {what} must be an integer >= 0")
+            if value is not None and (not isinstance(value, int) or not 0 <= value <= MAX_COUNT):
+                raise ConfigurationError(
+                    f"tier {self.name!r}: {what} must be an integer from 0 to {MAX_COUNT}"
+                )
 
 
 @dataclass(frozen=True)

@@ -6,9 +6,10 @@ Each raises `InvalidValue` with a message that says what is wrong. Imports no ot
 
 from __future__ import annotations
 
+from meterware.clock import LATEST
 from meterware.errors import InvalidValue
 from meterware.keys import PERMISSIONS, Account, ApiKey, valid_id
-from meterware.tiers import TierTable
+from meterware.tiers import MAX_COUNT, TierTable
 
 
 def check_id(value: str, what: str) -> str:
@@ -52,9 +53,11 @@ def check_key(key: ApiKey, tiers: TierTable) -> None:
     for what in ("per_minute", "monthly_limit", "monthly_credits"):
         value = getattr(key, what)
         if value is not None and (
-            isinstance(value, bool) or not isinstance(value, int) or value < 0
+            isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_COUNT
         ):
-            raise InvalidValue(f"{what} must be an integer >= 0 or None")
+            raise InvalidValue(f"{what} must be an integer from 0 to {MAX_COUNT}, or None")
+    if key.expires_at is not None and not key.expires_at <= LATEST:
+        raise InvalidValue("expires_at must be a time before the year 10000")
     anchor = key.billing_anchor_day
     if anchor is not None and not 1 <= anchor <= 31:
         raise InvalidValue("billing_anchor_day must be 1-31")

@@ -8,10 +8,11 @@ from typing import Any
 
 from meterware.admin.base import AdminBase
 from meterware.admin.checks import check_id
-from meterware.clock import day_of
+from meterware.clock import LATEST, day_of
 from meterware.errors import Conflict, InvalidValue
 from meterware.keys import new_grant_id
 from meterware.storage.records import CreditGrant
+from meterware.tiers import MAX_COUNT
 from meterware.views import iso
 
 
@@ -85,11 +86,11 @@ class CreditsMixin(AdminBase):
         an id the account has already changes nothing (a retried purchase webhook adds
         once); `Conflict` if that grant has another amount. Running processes
         see a new grant within their `key_refresh`."""
-        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
-            raise InvalidValue("amount must be an integer > 0")
+        if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount <= MAX_COUNT:
+            raise InvalidValue(f"amount must be an integer from 1 to {MAX_COUNT}")
         now = self.clock()
-        if expires_at is not None and not expires_at > now:
-            raise InvalidValue("expires_at must be in the future")
+        if expires_at is not None and not now < expires_at <= LATEST:
+            raise InvalidValue("expires_at must be in the future, before the year 10000")
         account = await self.get_account(account_id)
         grant = CreditGrant(
             account.id, check_id(grant_id, "grant") if grant_id is not None else new_grant_id(),

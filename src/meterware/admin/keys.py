@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from meterware.admin.base import UNSET, AdminBase
 from meterware.admin.checks import check_account, check_key
+from meterware.clock import DAY
 from meterware.errors import Conflict, InvalidValue, NotFound
 from meterware.keys import Account, ApiKey, Caller, Permission, new_account_id, new_key_id
 from meterware.notices import key_notice
 from meterware.reported import QuotaStatus, Subject, quota_status
+
+MAX_GRACE = 366 * DAY  # the longest a rotated secret keeps working, in seconds
 
 
 class KeysMixin(AdminBase):
@@ -121,8 +124,12 @@ class KeysMixin(AdminBase):
 
     async def rotate_key(self, key_id: str, *, grace: float = 0.0) -> tuple[ApiKey, str]:
         """Give a key a new secret; the old one keeps working for `grace` seconds."""
-        if isinstance(grace, bool) or not isinstance(grace, (int, float)) or not grace >= 0:
-            raise InvalidValue("grace must be a number of seconds >= 0")
+        if (
+            isinstance(grace, bool)
+            or not isinstance(grace, (int, float))
+            or not 0 <= grace <= MAX_GRACE
+        ):
+            raise InvalidValue(f"grace must be a number of seconds from 0 to {MAX_GRACE}")
         key = await self.get_key(key_id)
         now = self.clock()
         if not key.active(now):

@@ -8,11 +8,10 @@ from datetime import date
 from typing import Any, NoReturn
 
 from meterware import config
+from meterware.clock import MAX_DAYS
 from meterware.errors import InvalidValue
 from meterware.keys import SecretHasher, valid_id
-from meterware.tiers import TierTable
-
-DAY = 86_400
+from meterware.tiers import MAX_COUNT, TierTable
 
 
 class UsageError(Exception):
@@ -70,7 +69,7 @@ def _id(text: str) -> str:
     return text
 
 
-count_arg = number(int, 0, 2**62, "an integer >= 0")
+count_arg = number(int, 0, MAX_COUNT, "an integer >= 0")
 
 
 def _or_none(convert: Callable[[str], Any], word: str) -> Callable[[str], Any]:
@@ -89,7 +88,7 @@ def _day(text: str) -> str:
 
 limit_arg = checked(_or_none(count_arg, "none"), "limit")
 days_arg = checked(
-    _or_none(number(float, 0.001, 100 * 366, "a number of days > 0"), "never"), "days"
+    _or_none(number(float, 0.001, MAX_DAYS, f"0.001 to {MAX_DAYS} days"), "never"), "days"
 )
 tier_or_none_arg = checked(_or_none(_tier, "none"), "tier")
 day_arg = checked(_day, "day")

@@ -6,8 +6,9 @@ import argparse
 from typing import Any
 
 from meterware.admin import Admin
-from meterware.cli.args import DAY, id_arg, number
+from meterware.cli.args import id_arg, number
 from meterware.cli.output import pairs, short, table
+from meterware.clock import DAY, MAX_DAYS
 
 Output = tuple[Any, str]  # (what --json prints, what people read)
 
@@ -63,7 +64,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     grant.add_argument("amount", type=number(int, 1, 2**53, "an integer > 0"))
     grant.add_argument(
         "--expires-in",
-        type=number(float, 0.001, 100 * 366, "a number of days > 0"),
+        type=number(float, 0.001, MAX_DAYS, f"0.001 to {MAX_DAYS} days"),
         metavar="DAYS",
         help="the credits expire after this many days (default: never)",
     )

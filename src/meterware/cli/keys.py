@@ -6,8 +6,8 @@ import argparse
 from typing import Any
 
 from meterware.admin import Admin
+from meterware.admin.keys import MAX_GRACE
 from meterware.cli.args import (
-    DAY,
     count_arg,
     days_arg,
     id_arg,
@@ -17,7 +17,7 @@ from meterware.cli.args import (
     tier_or_none_arg,
 )
 from meterware.cli.output import ONCE, count, key_rows, pairs, short, table
-from meterware.clock import isoformat_ms
+from meterware.clock import DAY, MAX_DAYS, isoformat_ms
 from meterware.errors import Conflict
 from meterware.keys import PERMISSIONS
 from meterware.views import key_json, key_status
@@ -143,7 +143,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     create.add_argument(
         "--expires-in",
-        type=number(float, 0.001, 100 * 366, "a number of days > 0"),
+        type=number(float, 0.001, MAX_DAYS, f"0.001 to {MAX_DAYS} days"),
         metavar="DAYS",
         help="expire after this many days (default: never)",
     )
@@ -170,7 +170,7 @@ def register(commands: Any, common: argparse.ArgumentParser) -> None:
     rotate.add_argument("id", type=id_arg)
     rotate.add_argument(
         "--grace",
-        type=number(float, 0, 366 * DAY, "0 to 366 days in seconds"),
+        type=number(float, 0, MAX_GRACE, "0 to 366 days in seconds"),
         default=0.0,
         metavar="SECONDS",
         help="how long the old secret keeps working (default: 0)",
