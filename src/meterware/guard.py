@@ -12,12 +12,19 @@
 `Guarded` wraps a store so that the calls of the request path (key lookups, counter
 reservations) go through the breaker. A key poll gets the bound but not the breaker:
 revocations keep arriving when writes fail and reads work.
+
+What the long-running senders (the billing exporter, the webhook sender) share is here
+too: how long to wait after failures (`backoff_delay`), and who they are when they take a
+store lease (`lease_owner`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import secrets
+import socket
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
@@ -26,11 +33,22 @@ from meterware.errors import StorageError, StorageUnavailable
 from meterware.keys import ApiKey
 from meterware.storage.records import Claim, CreditGrant, Grant
 
-__all__ = ["Breaker", "Guarded", "bounded"]
+__all__ = ["Breaker", "Guarded", "backoff_delay", "bounded", "lease_owner"]
 
 log = logging.getLogger("meterware")
 
 T = TypeVar("T")
+
+
+def backoff_delay(failures: int, first: float, most: float, draw: float) -> float:
+    """The wait after `failures` consecutive failures: `first` doubling up to `most`,
+    `draw` (from 0 to 1) placing it between half and all of that (jitter)."""
+    return min(first * 2.0 ** min(failures - 1, 30), most) * (0.5 + 0.5 * draw)
+
+
+def lease_owner() -> str:
+    """Who this process is when it holds a store lease: `host:pid:random`."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
 
 
 async def bounded(work: Coroutine[Any, Any, T], timeout: float, what: str) -> T:

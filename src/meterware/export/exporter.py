@@ -76,10 +76,7 @@ import asyncio
 import contextlib
 import logging
 import math
-import os
 import random
-import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable
 
@@ -87,6 +84,7 @@ from meterware.errors import ConfigurationError, StorageError
 from meterware.export.batch import _Batches
 from meterware.export.results import Progress, Rejection, Summary
 from meterware.export.sinks import Sink, SinkUnavailable
+from meterware.guard import backoff_delay, lease_owner
 from meterware.keys import Account
 from meterware.storage.base import Storage
 
@@ -143,7 +141,7 @@ class Exporter(_Batches):
         self.name = name or f"export:{sink.name}"
         self.batch = batch or sink.max_batch
         self.since = since
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = owner or lease_owner()
         self.lease_ttl = lease_ttl
         self.clock = clock
         self.on_lag = on_lag
@@ -249,8 +247,7 @@ class Exporter(_Batches):
             await asyncio.gather(task, stopped, return_exceptions=True)
 
     def _backoff(self, failures: int) -> float:
-        delay: float = min(self.backoff * 2.0 ** min(failures - 1, 30), self.max_backoff)
-        return delay * random.uniform(0.5, 1.0)
+        return backoff_delay(failures, self.backoff, self.max_backoff, random.random())
 
     async def _pause(self, seconds: float, stop: asyncio.Event) -> None:
         """Wait `seconds` or until `stop`, renewing a lease we hold every `lease_ttl / 3`."""

@@ -10,16 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import random
 import re
-import secrets
-import socket
 import time
 from collections.abc import Callable, Collection, Sequence
 from types import TracebackType
 
 from meterware.errors import ConfigurationError, StorageError
+from meterware.guard import backoff_delay, lease_owner
 from meterware.storage.base import Storage, redact
 from meterware.storage.records import Notice
 from meterware.webhooks.endpoints import WebhookEndpoint, _require, signed_request
@@ -44,8 +42,7 @@ _HEADER_VALUE = re.compile(r"[!-~]{1,255}")  # what a webhook-id may be: visible
 def retry_delay(failures: int, draw: float) -> float:
     """The wait after `failures` consecutive failed attempts (1 s doubling to 5 min),
     `draw` (from 0 to 1) placing it between half and all of that."""
-    nominal = min(FIRST_DELAY * 2.0 ** min(failures - 1, 30), MAX_DELAY)
-    return nominal * (0.5 + 0.5 * draw)
+    return backoff_delay(failures, FIRST_DELAY, MAX_DELAY, draw)
 
 
 def _span(seconds: float) -> str:
@@ -100,7 +97,7 @@ class WebhookSender(_LeaseHolder):
         if batch < 1 or refusals < 1 or not max_age > 0 or not poll > 0:
             raise ConfigurationError("batch and refusals >= 1, max_age and poll > 0")
         self.store = store
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        self.owner = owner or lease_owner()
         self.lease_ttl = lease_ttl
         self.timeout = timeout
         self.batch = batch
