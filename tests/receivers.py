@@ -24,19 +24,16 @@ arrived), `received` (events in the requests it processed, repeats included),
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import re
-import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl
 
-import uvicorn
 from cloudevents.core.base import BaseCloudEvent
 from cloudevents.core.bindings.http import HTTPMessage, from_structured
 from cloudevents.core.exceptions import BaseCloudEventException
@@ -47,72 +44,10 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from tests.servers import Served
+
 DAY = 86_400.0
 R = TypeVar("R", bound="Receiver")
-
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not ready after {timeout} s")
-        time.sleep(0.01)
-
-
-class Served:
-    """A Starlette app under uvicorn in a background thread, on 127.0.0.1 and a port it
-    keeps across `stop()` and `start()`."""
-
-    def __init__(self, app: Starlette) -> None:
-        self.app = app
-        self.port = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> None:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, log_config=None, log_level="warning", access_log=False,
-            lifespan="off", ws="none", timeout_graceful_shutdown=1,
-        )  # fmt: skip
-        server = uvicorn.Server(config)  # not the main thread: no signal handlers
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"uvicorn-{self.port}"
-        )
-        thread.start()
-        wait_for(lambda: server.started or not thread.is_alive(), f"uvicorn on {self.port}", 10)
-        if not server.started:
-            sock.close()
-            raise RuntimeError(f"uvicorn did not start on port {self.port}")
-        self._server, self._thread, self._socket = server, thread, sock
-
-    def stop(self) -> None:
-        """Stop serving: the port refuses connections until `start()`."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
-
-
-@contextlib.contextmanager
-def serve(app: Starlette) -> Iterator[str]:
-    """Run `app` under uvicorn in a thread for the block; its base URL."""
-    served = Served(app)
-    served.start()
-    try:
-        yield served.url
-    finally:
-        served.stop()
 
 
 class Receiver:

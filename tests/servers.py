@@ -16,11 +16,14 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import httpx
+import uvicorn
+from starlette.applications import Starlette
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -33,7 +36,7 @@ def free_port() -> int:
 
 
 def wait_for(
-    check: Callable[[], bool], what: str, timeout: float = 30.0, interval: float = 0.05
+    check: Callable[[], bool], what: str, timeout: float = 30.0, interval: float = 0.01
 ) -> None:
     """Call `check()` until it is true, or raise after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -341,3 +344,51 @@ class Uvicorn:
             yield self
         finally:
             self.kill()
+
+
+class Served:
+    """A Starlette app under uvicorn in a background thread, on 127.0.0.1 and a port it
+    keeps across `stop()` and `start()`."""
+
+    def __init__(self, app: Starlette) -> None:
+        self.app = app
+        self.port = 0
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+        self._socket: socket.socket | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Inherited by accepted connections: without it every answer waits ~40 ms for a
+        # delayed ACK (Nagle), as uvicorn does not set it on sockets it is handed.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.bind(("127.0.0.1", self.port))
+        self.port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            self.app, log_config=None, log_level="warning", access_log=False,
+            lifespan="off", ws="none", timeout_graceful_shutdown=1,
+        )  # fmt: skip
+        server = uvicorn.Server(config)  # not the main thread: no signal handlers
+        thread = threading.Thread(
+            target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"uvicorn-{self.port}"
+        )
+        thread.start()
+        wait_for(lambda: server.started or not thread.is_alive(), f"uvicorn on {self.port}", 10)
+        if not server.started:
+            sock.close()
+            raise RuntimeError(f"uvicorn did not start on port {self.port}")
+        self._server, self._thread, self._socket = server, thread, sock
+
+    def stop(self) -> None:
+        """Stop serving: the port refuses connections until `start()`."""
+        if self._server is not None and self._thread is not None:
+            self._server.should_exit = True
+            self._thread.join(timeout=10)
+        if self._socket is not None:
+            self._socket.close()
+        self._server = self._thread = self._socket = None

@@ -36,8 +36,9 @@ from meterware.webhooks import (
     signed_request,
 )
 from tests.backends import Backend
+from tests.servers import wait_for
 from tests.utils import FakeClock
-from tests.webhook_receiver import WebhookReceiver, wait_for
+from tests.webhook_receiver import WebhookReceiver
 
 SECRET = new_secret()
 OTHER_SECRET = new_secret()

@@ -26,28 +26,18 @@ from __future__ import annotations
 
 import asyncio
 import random
-import socket
 import threading
-import time
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-import uvicorn
 from standardwebhooks import Webhook, WebhookVerificationError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-
-def wait_for(check: Callable[[], bool], what: str, timeout: float, interval: float = 0.005) -> None:
-    """Call `check()` until it is true, or raise after `timeout` seconds."""
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not after {timeout} s")
-        time.sleep(interval)
+from tests.servers import Served
 
 
 class WebhookReceiver:
@@ -71,49 +61,21 @@ class WebhookReceiver:
         self.paths: list[str] = []
         self._failures: list[tuple[int, bool, str | None]] = []
         self._rate: tuple[float, random.Random, int, bool] | None = None
-        self.port = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._socket: socket.socket | None = None
         self.app = Starlette(routes=[Route("/{path:path}", self.handle, methods=["POST"])])
+        self.served = Served(self.app)
 
     # -- serving -------------------------------------------------------------------------
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hooks"
+        return f"{self.served.url}/hooks"
 
     def start(self) -> None:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Inherited by accepted connections: without it every answer waits ~40 ms for a
-        # delayed ACK (Nagle), as uvicorn does not set it on sockets it is handed.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind(("127.0.0.1", self.port))
-        self.port = sock.getsockname()[1]
-        config = uvicorn.Config(
-            self.app, log_config=None, log_level="warning", access_log=False,
-            lifespan="off", ws="none", timeout_graceful_shutdown=1,
-        )  # fmt: skip
-        server = uvicorn.Server(config)  # not the main thread: no signal handlers
-        thread = threading.Thread(
-            target=server.run, kwargs={"sockets": [sock]}, daemon=True, name=f"hooks-{self.port}"
-        )
-        thread.start()
-        wait_for(lambda: server.started or not thread.is_alive(), f"uvicorn on {self.port}", 10)
-        if not server.started:
-            sock.close()
-            raise RuntimeError(f"uvicorn did not start on port {self.port}")
-        self._server, self._thread, self._socket = server, thread, sock
+        self.served.start()
 
     def stop(self) -> None:
         """Stop serving: the port refuses connections until `start()`."""
-        if self._server is not None and self._thread is not None:
-            self._server.should_exit = True
-            self._thread.join(timeout=10)
-        if self._socket is not None:
-            self._socket.close()
-        self._server = self._thread = self._socket = None
+        self.served.stop()
 
     def __enter__(self) -> WebhookReceiver:
         self.start()
